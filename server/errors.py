@@ -1,0 +1,49 @@
+"""The domain errors of framehub, each with the HTTP status it maps to.
+
+Code below the handlers (``store``, ``media``) raises these; ``server.middleware`` turns them into a
+JSON answer ``{"error": message}`` with ``status`` in one place, so handlers stay thin.
+"""
+
+from __future__ import annotations
+
+
+class FramehubError(Exception):
+    """Base of every error a client can cause; ``str(error)`` is shown to the client."""
+
+    status = 400
+
+
+class InvalidRepositoryName(FramehubError):
+    """A repository name outside ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``."""
+
+    status = 400
+
+
+class RepositoryNotFound(FramehubError):
+    """No such folder, and no source to download it from."""
+
+    status = 404
+
+
+class FrameNotFound(FramehubError):
+    """A frame index outside the repository."""
+
+    status = 404
+
+
+class ArchiveRejected(FramehubError):
+    """A downloaded archive that breaks a rule (path escape, link, budget, truncation)."""
+
+    status = 422
+
+
+class DownloadFailed(FramehubError):
+    """The source could not deliver a repository archive."""
+
+    status = 502
+
+
+class InvalidParameter(FramehubError):
+    """A query parameter with a value outside what is allowed."""
+
+    status = 400

@@ -1,0 +1,1 @@
+"""HTTP and Socket.IO handlers: thin adapters between requests and ``server.store``/``server.media``."""

@@ -1,0 +1,170 @@
+"""The virtual camera: repositories of images served frame by frame (paradrop-imserve's API and more).
+
+``GET /`` and ``GET /{repo}`` describe repositories. ``GET /{repo}/video.jpg`` hands each client the
+next frame; its position per repository lives in an encrypted aiohttp-session cookie. While a
+repository is being prepared (or failed) the answer is a placeholder JPEG with ``X-Placeholder:
+true``, so ``<img>`` dashboards keep showing something. ``GET /{repo}/video.mjpg`` pushes frames as
+``multipart/x-mixed-replace`` at a chosen rate; ``GET /{repo}/frames/{index}`` gives one frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp_session import get_session
+
+from server.errors import FramehubError, InvalidParameter, RepositoryNotFound
+from server.keys import placeholder_key, repository_store_key, settings_key
+from server.store.repositories import Frame, RepositoryStore
+
+_LOGGER = logging.getLogger(__name__)
+
+NO_STORE = {"Cache-Control": "no-store"}
+CURSORS = "cursors"
+# Cursors of the most recently used repositories only, so the cookie stays far below 4 KB.
+MAX_CURSORS = 16
+MJPEG_BOUNDARY = "framehubframe"
+
+
+async def list_repositories(request: web.Request) -> web.Response:
+    """``GET /``: every repository with its count, progress and status."""
+    store = request.app[repository_store_key]
+    return web.json_response(await store.describe_all(), headers=NO_STORE)
+
+
+async def describe_repository(request: web.Request) -> web.Response:
+    """``GET /{repo}``: one repository with its images (starts a download if needed)."""
+    repo = await request.app[repository_store_key].lookup(request.match_info["repo"])
+    return web.json_response(repo.describe(with_images=True), headers=NO_STORE)
+
+
+async def next_frame(request: web.Request) -> web.StreamResponse:
+    """``GET /{repo}/video.jpg``: the next frame for this client, wrapping at the end."""
+    store = request.app[repository_store_key]
+    name = request.match_info["repo"]
+    try:
+        repo = await store.lookup(name)
+    except RepositoryNotFound:
+        return _placeholder(request)
+    if repo.status != "available" or not repo.frames:
+        return _placeholder(request)
+    session = await get_session(request)
+    cursors: dict[str, Any] = session.get(CURSORS) or {}
+    position = cursors.pop(name, 0)
+    frame, following = store.next_frame(repo, position if isinstance(position, int) else 0)
+    if frame is None:
+        return _placeholder(request)
+    cursors[name] = following
+    while len(cursors) > MAX_CURSORS:
+        cursors.pop(next(iter(cursors)))
+    session[CURSORS] = cursors
+    return await _frame_response(store, frame)
+
+
+async def frame_by_index(request: web.Request) -> web.StreamResponse:
+    """``GET /{repo}/frames/{index}``: one frame by its position (from 0)."""
+    store = request.app[repository_store_key]
+    repo = await store.lookup(request.match_info["repo"])
+    raw = request.match_info["index"]
+    if not raw.isdigit():
+        raise InvalidParameter(f"frame index must be a whole number from 0, not {raw!r}")
+    if repo.status != "available":
+        return _placeholder(request)
+    return await _frame_response(store, store.frame_at(repo, int(raw)))
+
+
+async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /{repo}/video.mjpg?fps=N``: the repository as an endless MJPEG stream."""
+    settings = request.app[settings_key].camera
+    fps = _fps_parameter(request, settings.mjpeg_fps, settings.mjpeg_max_fps)
+    store = request.app[repository_store_key]
+    repo = await store.lookup(request.match_info["repo"])
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}",
+            **NO_STORE,
+        }
+    )
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    loop = asyncio.get_running_loop()
+    interval = 1.0 / fps
+    cursor = 0
+    deadline = loop.time()
+    try:
+        while True:
+            frame, cursor = await _stream_position(store, repo.name, cursor)
+            if frame is None:
+                body, content_type = request.app[placeholder_key], "image/jpeg"
+            else:
+                body, content_type = await store.read_frame(frame), frame.content_type
+            await response.write(
+                (
+                    f"--{MJPEG_BOUNDARY}\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+                + b"\r\n"
+            )
+            deadline = max(deadline + interval, loop.time())
+            await asyncio.sleep(deadline - loop.time())
+    except (ConnectionResetError, ConnectionError):
+        _LOGGER.debug("mjpeg viewer of %s left", repo.name)
+    return response
+
+
+def _fps_parameter(request: web.Request, default: float, maximum: float) -> float:
+    raw = request.query.get("fps")
+    if raw is None:
+        return default
+    try:
+        fps = float(raw)
+    except ValueError:
+        fps = -1.0
+    if not 0 < fps <= maximum:
+        raise InvalidParameter(f"fps must be a number above 0 and at most {maximum:g}, not {raw!r}")
+    return fps
+
+
+async def _stream_position(
+    store: RepositoryStore, name: str, cursor: int
+) -> tuple[Frame | None, int]:
+    """The next frame of a stream; a repository that went away shows the placeholder."""
+    try:
+        repo = await store.lookup(name)
+    except FramehubError:
+        return None, 0
+    if repo.status != "available":
+        return None, 0
+    return store.next_frame(repo, cursor)
+
+
+def _placeholder(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[placeholder_key],
+        content_type="image/jpeg",
+        headers={"X-Placeholder": "true", **NO_STORE},
+    )
+
+
+async def _frame_response(store: RepositoryStore, frame: Frame) -> web.StreamResponse:
+    body = await store.cached_frame_bytes(frame)
+    headers = {"X-Frame-Name": frame.name, **NO_STORE}
+    if body is None:
+        response = web.FileResponse(frame.path, headers=headers)
+        response.content_type = frame.content_type
+        return response
+    return web.Response(body=body, content_type=frame.content_type, headers=headers)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the camera routes; call last, since ``/{repo}`` matches any single segment."""
+    app.router.add_get("/", list_repositories)
+    app.router.add_get("/{repo}", describe_repository)
+    app.router.add_get("/{repo}/video.jpg", next_frame)
+    app.router.add_get("/{repo}/video.mjpg", mjpeg_stream)
+    app.router.add_get("/{repo}/frames/{index}", frame_by_index)

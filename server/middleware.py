@@ -1,0 +1,41 @@
+"""The one place where errors become HTTP answers.
+
+Domain errors (:class:`server.errors.FramehubError`) and aiohttp's own HTTP errors (unknown route,
+wrong method, body too large) all leave as ``{"error": "..."}`` JSON with the right status, so
+every client, script or browser, reads the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from server.errors import FramehubError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, **headers: str) -> web.Response:
+    """A JSON error answer."""
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map domain errors and aiohttp HTTP errors to JSON answers."""
+    try:
+        return await handler(request)
+    except FramehubError as exc:
+        return error_response(exc.status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed for {request.path}"
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        return error_response(exc.status, message, **headers)

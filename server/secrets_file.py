@@ -1,0 +1,42 @@
+"""The cookie key: ``[server] secret_key``, else one generated on first start and kept on disk.
+
+Keeping the generated key in the state dir (mode 0600) lets visitors' cursors survive restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from server.settings import Settings, SettingsError
+
+SECRET_FILE = "secret.key"
+
+
+def cookie_key(settings: Settings) -> bytes:
+    """The Fernet key for session cookies, creating and storing one when none is configured."""
+    if settings.server.secret_key:
+        return settings.server.secret_key.encode()
+    path = settings.server.state_dir / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key(path)
+    key = Fernet.generate_key()
+    with os.fdopen(fd, "wb") as out:
+        out.write(key + b"\n")
+    return key
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes().strip()
+    try:
+        Fernet(key)
+    except ValueError:
+        raise SettingsError(
+            f"{path}: not a Fernet key; delete it to have a new one made, or set server.secret_key"
+        ) from None
+    return key

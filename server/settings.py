@@ -1,0 +1,293 @@
+"""Settings: one TOML file read once at start into frozen dataclasses.
+
+``load_settings(path)`` reads the file with :mod:`tomllib`, walks every table against the dataclass
+that describes it and returns a :class:`Settings`. Every mistake an operator can make (an unknown
+table or key, a wrong type, a value out of range) raises :class:`SettingsError` with one line that
+names the key and says what is allowed; ``main.py`` prints that line and exits with status 2. Missing
+keys take the defaults declared here, which the README documents one by one.
+
+Relative paths are taken relative to the folder of the settings file, so a service started from any
+working directory finds the same state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+class SettingsError(Exception):
+    """A settings file that cannot be used; the message is one line naming the key."""
+
+
+def _setting(default: Any, check: Check | None = None) -> Any:
+    """A dataclass field with a default and an optional (predicate, allowed-values) check."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _port(value: int) -> bool:
+    return 0 <= value <= 65535
+
+
+def _http_url_or_empty(value: str) -> bool:
+    if not value:
+        return True
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _http_url(value: str) -> bool:
+    return bool(value) and _http_url_or_empty(value)
+
+
+def _fernet_key_or_empty(value: str) -> bool:
+    if not value:
+        return True
+    try:
+        Fernet(value.encode())
+    except ValueError:
+        return False
+    return True
+
+
+def _repository_names(value: list[str]) -> bool:
+    from server.store.names import is_valid_repository_name
+
+    return all(is_valid_repository_name(name) for name in value)
+
+
+def _origins(value: list[str]) -> bool:
+    return all(origin == "*" or _http_url(origin) for origin in value)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """``[server]``: where to listen and where to keep state."""
+
+    host: str = _setting("0.0.0.0", (bool, "a host name or address"))
+    port: int = _setting(7466, (_port, "a port number from 0 to 65535"))
+    state_dir: Path = _setting(Path("state"))
+    secret_key: str = _setting(
+        "", (_fernet_key_or_empty, "a Fernet key (32 url-safe base64-encoded bytes) or empty")
+    )
+    api_token: str = _setting("")
+    cors_allowed_origins: list[str] = _setting(
+        [], (_origins, 'a list of origins such as "https://example.com", or ["*"]')
+    )
+    shutdown_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+
+
+@dataclass(frozen=True, slots=True)
+class RepositorySettings:
+    """``[repositories]``: image folders served as cameras, and where to download more."""
+
+    dir: Path = _setting(Path(""))
+    source_url: str = _setting("", (_http_url_or_empty, "an http:// or https:// URL, or empty"))
+    initial: list[str] = _setting([], (_repository_names, "a list of repository names"))
+    create_demo: bool = _setting(True)
+    demo_frames: int = _setting(300, (_positive, "a whole number above 0"))
+    rescan_interval: float = _setting(1.0, (_non_negative, "a number of seconds, 0 or more"))
+    connect_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+    read_timeout: float = _setting(30.0, (_positive, "a number of seconds above 0"))
+    max_download_bytes: int = _setting(2 << 30, (_positive, "a number of bytes above 0"))
+    max_members: int = _setting(100_000, (_positive, "a whole number above 0"))
+    max_member_bytes: int = _setting(64 << 20, (_positive, "a number of bytes above 0"))
+    max_total_bytes: int = _setting(4 << 30, (_positive, "a number of bytes above 0"))
+    max_name_length: int = _setting(255, (_positive, "a whole number above 0"))
+    retry_backoff: float = _setting(30.0, (_non_negative, "a number of seconds, 0 or more"))
+    max_retry_backoff: float = _setting(900.0, (_non_negative, "a number of seconds, 0 or more"))
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSettings:
+    """``[camera]``: how frames are handed to clients."""
+
+    cache_bytes: int = _setting(32 << 20, (_non_negative, "a number of bytes, 0 or more"))
+    cache_max_frame_bytes: int = _setting(1 << 20, (_non_negative, "a number of bytes, 0 or more"))
+    cursor_max_age: int = _setting(30 * 86400, (_positive, "a number of seconds above 0"))
+    mjpeg_fps: float = _setting(10.0, (_positive, "frames per second above 0"))
+    mjpeg_max_fps: float = _setting(30.0, (_positive, "frames per second above 0"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole settings file."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    repositories: RepositorySettings = field(default_factory=RepositorySettings)
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    source: Path | None = None
+
+    @property
+    def repositories_dir(self) -> Path:
+        """The folder holding the repositories: ``[repositories] dir`` or ``state_dir/repositories``."""
+        if str(self.repositories.dir) in ("", "."):
+            return self.server.state_dir / "repositories"
+        return self.repositories.dir
+
+
+_TABLES: dict[str, type] = {
+    "server": ServerSettings,
+    "repositories": RepositorySettings,
+    "camera": CameraSettings,
+}
+
+
+def _type_name(expected: Any) -> str:
+    names = {
+        str: "a string",
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        Path: "a path (string)",
+    }
+    if typing.get_origin(expected) is list:
+        return "a list of " + _type_name(typing.get_args(expected)[0]).removeprefix("a ") + "s"
+    if typing.get_origin(expected) is dict:
+        return "a table"
+    return names.get(expected, str(expected))
+
+
+def _coerce(value: Any, expected: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotated type and convert it (ints to floats, strings to paths)."""
+    wrong = SettingsError(f"{where}: {key} must be {_type_name(expected)}, not {value!r}")
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise wrong
+        return [_coerce(item, item_type, key, where) for item in value]
+    if origin is dict:
+        _, item_type = typing.get_args(expected)
+        if not isinstance(value, dict):
+            raise wrong
+        return {str(k): _coerce(v, item_type, f"{key}.{k}", where) for k, v in value.items()}
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    if expected is Path:
+        if not isinstance(value, str):
+            raise wrong
+        return Path(value)
+    raise TypeError(f"unsupported settings type {expected!r}")
+
+
+def build_table(cls: type, table: Any, name: str, where: str) -> Any:
+    """Build dataclass ``cls`` from TOML ``table``, naming ``name.key`` in every error."""
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown key {name}.{unknown[0]}; allowed keys are {', '.join(sorted(known))}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        expected = hints[key]
+        if isinstance(expected, types.UnionType):
+            expected = next(t for t in typing.get_args(expected) if t is not type(None))
+        converted = _coerce(value, expected, f"{name}.{key}", where)
+        check: Check | None = known[key].metadata.get("check")
+        if check is not None and not check[0](converted):
+            raise SettingsError(f"{where}: {name}.{key} must be {check[1]}, not {value!r}")
+        values[key] = converted
+    return cls(**values)
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    if str(path) in ("", "."):
+        return path
+    return path if path.is_absolute() else base / path
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any], base_dir: Path, where: str = "settings", source: Path | None = None
+) -> Settings:
+    """Build and check :class:`Settings` from parsed TOML; paths are resolved against ``base_dir``."""
+    unknown = sorted(set(data) - set(_TABLES))
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown table [{unknown[0]}]; allowed tables are "
+            + ", ".join(f"[{t}]" for t in sorted(_TABLES))
+        )
+    built: dict[str, Any] = {}
+    for name, cls in _TABLES.items():
+        built[name] = build_table(cls, data.get(name, {}), name, where)
+    server = built["server"]
+    built["server"] = dataclasses.replace(server, state_dir=_resolve(server.state_dir, base_dir))
+    repositories = built["repositories"]
+    built["repositories"] = dataclasses.replace(
+        repositories, dir=_resolve(repositories.dir, base_dir)
+    )
+    settings = Settings(**built, source=source)
+    _check_across_tables(settings, where)
+    return settings
+
+
+def _check_across_tables(settings: Settings, where: str) -> None:
+    camera = settings.camera
+    if camera.mjpeg_fps > camera.mjpeg_max_fps:
+        raise SettingsError(
+            f"{where}: camera.mjpeg_fps must be at most camera.mjpeg_max_fps "
+            f"({camera.mjpeg_max_fps:g}), not {camera.mjpeg_fps:g}"
+        )
+    if settings.repositories.initial and not settings.repositories.source_url:
+        raise SettingsError(
+            f"{where}: repositories.initial needs repositories.source_url to download from"
+        )
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check the settings file at ``path``."""
+    where = path.name
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: settings file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{where}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from None
+    return settings_from_mapping(data, path.resolve().parent, where, source=path)
+
+
+def new_secret_key() -> str:
+    """A fresh Fernet key for the session cookies."""
+    return Fernet.generate_key().decode()

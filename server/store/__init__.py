@@ -1,0 +1,1 @@
+"""State with a lifetime: image repositories, live sessions, batch jobs."""

@@ -1,0 +1,427 @@
+"""Image repositories: folders of frames kept indexed in memory and downloaded on demand.
+
+Data flow: at start :meth:`RepositoryStore.start` scans ``[repositories] dir`` (creating the
+``demo`` repository on first start) and begins downloading ``initial``. A request names a
+repository; :meth:`RepositoryStore.lookup` validates the name, re-lists the folder when its
+modification time moved (at most once per ``rescan_interval``) and, for a repository that is not
+on disk, starts one shared download task from ``{source_url}/{NAME}.tar`` (``.tar.gz`` on 404).
+The download streams to a temp file with progress, :func:`extract_images` unpacks it in a worker
+thread into a temp folder, and the folder is renamed into place only when complete. A failure
+leaves nothing behind, records why and is retried on a later request after an exponential backoff.
+
+Frame bytes are read from disk in a worker thread and kept in a :class:`FrameCache`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import aiohttp
+
+from server.errors import (
+    ArchiveRejected,
+    DownloadFailed,
+    FrameNotFound,
+    InvalidRepositoryName,
+    RepositoryNotFound,
+)
+from server.media.images import write_demo_repository
+from server.settings import Settings
+from server.store.archives import ArchiveBudget, extract_images, is_image_name
+from server.store.frame_cache import FrameCache, FrameKey
+from server.store.names import is_valid_repository_name
+
+_LOGGER = logging.getLogger(__name__)
+
+Status = Literal["available", "preparing", "failed"]
+
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+# Work folders live beside the repositories (same filesystem, so the final rename is atomic) under
+# a name no repository can have, since repository names never start with a dot.
+_WORK_DIR = ".incoming"
+_WRITE_CHUNK = 1 << 20
+_DIGITS = re.compile(r"(\d+)")
+
+
+class Frame(NamedTuple):
+    """One image of a repository, as indexed."""
+
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+    content_type: str
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.path, self.size, self.mtime_ns)
+
+
+@dataclass(slots=True)
+class Repository:
+    """What the store knows of one repository."""
+
+    name: str
+    path: Path
+    status: Status = "preparing"
+    frames: list[Frame] = field(default_factory=list)
+    progress: float | None = None
+    error: str | None = None
+    folder_mtime_ns: int = -1
+    checked_at: float = float("-inf")
+    download: asyncio.Task[None] | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def describe(self, with_images: bool = False) -> dict[str, Any]:
+        """The JSON shape of ``GET /`` (without images) and ``GET /{repo}`` (with)."""
+        info: dict[str, Any] = {
+            "count": len(self.frames),
+            "progress": self.progress,
+            "status": self.status,
+        }
+        if self.error is not None:
+            info["error"] = self.error
+        if with_images:
+            info["images"] = [frame.name for frame in self.frames]
+        return info
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key putting ``frame-2`` before ``frame-10``."""
+    parts = _DIGITS.split(name.lower())
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts)
+
+
+def list_frames(folder: Path) -> list[Frame]:
+    """The images directly inside ``folder``, in natural order (blocking: call in a thread)."""
+    frames = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not is_image_name(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            stat = entry.stat(follow_symlinks=False)
+            content_type = CONTENT_TYPES[os.path.splitext(entry.name)[1].lower()]
+            frames.append(
+                Frame(entry.name, entry.path, stat.st_size, stat.st_mtime_ns, content_type)
+            )
+    frames.sort(key=lambda frame: natural_key(frame.name))
+    return frames
+
+
+class RepositoryStore:
+    """The index of repositories and their downloads, owned by the app (see ``server.app``)."""
+
+    def __init__(self, settings: Settings, client: aiohttp.ClientSession) -> None:
+        self._settings = settings.repositories
+        self.root = settings.repositories_dir
+        self._client = client
+        self._repositories: dict[str, Repository] = {}
+        self._root_mtime_ns = -1
+        self._root_checked_at = float("-inf")
+        self.cache = FrameCache(settings.camera.cache_bytes, settings.camera.cache_max_frame_bytes)
+        self._budget = ArchiveBudget(
+            max_members=self._settings.max_members,
+            max_member_bytes=self._settings.max_member_bytes,
+            max_total_bytes=self._settings.max_total_bytes,
+            max_name_length=self._settings.max_name_length,
+        )
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Scan the folder, create the demo repository if wanted, start the initial downloads."""
+        await asyncio.to_thread(self._prepare_root)
+        if self._settings.create_demo and not (self.root / "demo").exists():
+            _LOGGER.info("creating demo repository with %d frames", self._settings.demo_frames)
+            await asyncio.to_thread(
+                write_demo_repository, self.root, self._work_dir, "demo", self._settings.demo_frames
+            )
+        await self._rescan_root(force=True)
+        for name in self._settings.initial:
+            await self.lookup(name)
+        _LOGGER.info(
+            "repository store ready: %d repositories in %s", len(self._repositories), self.root
+        )
+
+    async def close(self) -> None:
+        """Cancel running downloads and remove their work files."""
+        tasks = [repo.download for repo in self._repositories.values() if repo.download]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
+
+    @property
+    def _work_dir(self) -> Path:
+        return self.root / _WORK_DIR
+
+    def _prepare_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a download cut off by a crash or kill: never a repository, always removable.
+        shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    # ---- lookups ----------------------------------------------------------------------------
+
+    async def lookup(self, name: str) -> Repository:
+        """The repository called ``name``, starting its download if it is not on disk."""
+        if not is_valid_repository_name(name):
+            raise InvalidRepositoryName(
+                f"invalid repository name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        repo = self._repositories.get(name)
+        if repo is None:
+            repo = await self._discover(name)
+        if repo.status == "available":
+            await self._maybe_rescan(repo)
+        elif (
+            repo.status == "failed" and repo.download is None and time.monotonic() >= repo.retry_at
+        ):
+            self._start_download(repo)
+        return repo
+
+    async def _discover(self, name: str) -> Repository:
+        path = self.root / name
+        if path.is_dir():
+            frames = await asyncio.to_thread(list_frames, path)
+            repo = self._repositories.get(name)  # another request may have listed it meanwhile
+            if repo is None:
+                repo = Repository(name=name, path=path, frames=frames)
+                self._mark_available(repo, path)
+                self._repositories[name] = repo
+            return repo
+        if not self._settings.source_url:
+            raise RepositoryNotFound(
+                f"no repository {name!r}: there is no such folder and no source_url to download from"
+            )
+        repo = Repository(name=name, path=path)
+        self._repositories[name] = repo
+        self._start_download(repo)
+        return repo
+
+    def _mark_available(self, repo: Repository, path: Path) -> None:
+        repo.status, repo.progress, repo.error = "available", 1.0, None
+        repo.folder_mtime_ns = path.stat().st_mtime_ns
+        repo.checked_at = time.monotonic()
+
+    async def _maybe_rescan(self, repo: Repository) -> None:
+        now = time.monotonic()
+        if now - repo.checked_at < self._settings.rescan_interval:
+            return
+        repo.checked_at = now
+        try:
+            mtime_ns = repo.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            _LOGGER.info("repository %s: folder removed", repo.name)
+            repo.frames = []
+            del self._repositories[repo.name]
+            return
+        if mtime_ns != repo.folder_mtime_ns:
+            repo.folder_mtime_ns = mtime_ns
+            await self._relist(repo)
+
+    async def _relist(self, repo: Repository) -> None:
+        try:
+            repo.frames = await asyncio.to_thread(list_frames, repo.path)
+        except OSError as exc:
+            _LOGGER.warning("repository %s: cannot list folder: %s", repo.name, exc.strerror)
+            return
+        _LOGGER.info("repository %s: %d frames after change", repo.name, len(repo.frames))
+
+    async def describe_all(self) -> dict[str, dict[str, Any]]:
+        """``{NAME: {count, progress, status}}`` for every repository known."""
+        await self._rescan_root()
+        return {name: repo.describe() for name, repo in sorted(self._repositories.items())}
+
+    async def _rescan_root(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._root_checked_at < self._settings.rescan_interval:
+            return
+        self._root_checked_at = now
+        mtime_ns = self.root.stat().st_mtime_ns
+        if mtime_ns == self._root_mtime_ns and not force:
+            return
+        self._root_mtime_ns = mtime_ns
+        found = await asyncio.to_thread(self._scan_root)
+        for name, frames in found.items():
+            repo = self._repositories.get(name)
+            if repo is None or repo.status != "available":
+                if repo is not None and repo.download is not None:
+                    continue
+                repo = Repository(name=name, path=self.root / name, frames=frames)
+                self._mark_available(repo, repo.path)
+                self._repositories[name] = repo
+        for name, repo in list(self._repositories.items()):
+            if repo.status == "available" and name not in found:
+                del self._repositories[name]
+
+    def _scan_root(self) -> dict[str, list[Frame]]:
+        found = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if is_valid_repository_name(entry.name) and entry.is_dir(follow_symlinks=False):
+                    found[entry.name] = list_frames(Path(entry.path))
+        return found
+
+    # ---- frames -----------------------------------------------------------------------------
+
+    def frame_at(self, repo: Repository, index: int) -> Frame:
+        """Frame number ``index`` (from 0) of an available repository."""
+        count = len(repo.frames)
+        if not 0 <= index < count:
+            allowed = f"0 to {count - 1}" if count else "none: the repository is empty"
+            raise FrameNotFound(
+                f"no frame {index} in repository {repo.name!r}; frames are {allowed}"
+            )
+        return repo.frames[index]
+
+    @staticmethod
+    def next_frame(repo: Repository, cursor: int) -> tuple[Frame | None, int]:
+        """The frame at ``cursor`` (wrapping at the end) and the cursor for the next call."""
+        count = len(repo.frames)
+        if count == 0:
+            return None, 0
+        index = cursor % count
+        return repo.frames[index], (index + 1) % count
+
+    async def cached_frame_bytes(self, frame: Frame) -> bytes | None:
+        """The frame's bytes through the cache, or None for frames too big to cache."""
+        if not self.cache.accepts(frame.key):
+            return None
+        return await self.read_frame(frame)
+
+    async def read_frame(self, frame: Frame) -> bytes:
+        """The frame's bytes, from the cache when there, else from disk (then cached if small)."""
+        data = self.cache.get(frame.key)
+        if data is None:
+            data = await asyncio.to_thread(_read_file, frame.path)
+            self.cache.put(frame.key, data)
+        return data
+
+    # ---- downloads --------------------------------------------------------------------------
+
+    def _start_download(self, repo: Repository) -> None:
+        repo.status, repo.progress, repo.error = "preparing", None, None
+        repo.download = asyncio.get_running_loop().create_task(
+            self._download(repo), name=f"download-{repo.name}"
+        )
+
+    async def _download(self, repo: Repository) -> None:
+        work = self._work_dir / f"{repo.name}-{os.getpid()}-{id(repo):x}"
+        try:
+            await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+            archive = work / "archive"
+            await self._fetch_archive(repo, archive)
+            report = await asyncio.to_thread(extract_images, archive, work / "tree", self._budget)
+            await asyncio.to_thread(_move_into_place, report.root, repo.path)
+            repo.frames = await asyncio.to_thread(list_frames, repo.path)
+            self._mark_available(repo, repo.path)
+            repo.failures = 0
+            _LOGGER.info(
+                "repository %s: downloaded, %d images (%d non-image members skipped)",
+                repo.name,
+                report.images,
+                report.skipped,
+            )
+        except (ArchiveRejected, DownloadFailed) as exc:
+            self._mark_failed(repo, str(exc))
+        except OSError as exc:
+            self._mark_failed(repo, f"cannot store repository: {exc.strerror or exc}")
+        finally:
+            repo.download = None
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+
+    def _mark_failed(self, repo: Repository, error: str) -> None:
+        repo.failures += 1
+        backoff = min(
+            self._settings.retry_backoff * 2 ** (repo.failures - 1),
+            self._settings.max_retry_backoff,
+        )
+        repo.status, repo.error, repo.progress = "failed", error, None
+        repo.retry_at = time.monotonic() + backoff
+        _LOGGER.warning(
+            "repository %s: download failed (%s); next try in %.0f s", repo.name, error, backoff
+        )
+
+    async def _fetch_archive(self, repo: Repository, target: Path) -> None:
+        base = self._settings.source_url.rstrip("/")
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self._settings.connect_timeout,
+            sock_read=self._settings.read_timeout,
+        )
+        for suffix in (".tar", ".tar.gz"):
+            try:
+                async with self._client.get(f"{base}/{repo.name}{suffix}", timeout=timeout) as resp:
+                    if resp.status == 404 and suffix == ".tar":
+                        continue
+                    if resp.status != 200:
+                        raise DownloadFailed(
+                            f"source answered HTTP {resp.status} for {repo.name}{suffix}"
+                        )
+                    await self._stream_to_file(repo, resp, target)
+                    return
+            except TimeoutError:
+                raise DownloadFailed(
+                    f"source timed out for {repo.name}{suffix} (connect "
+                    f"{self._settings.connect_timeout:g} s, read {self._settings.read_timeout:g} s)"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise DownloadFailed(
+                    f"cannot connect to the source: {exc.strerror or exc}"
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise DownloadFailed(f"download of {repo.name}{suffix} broke off: {exc}") from None
+
+    async def _stream_to_file(
+        self, repo: Repository, resp: aiohttp.ClientResponse, target: Path
+    ) -> None:
+        limit = self._settings.max_download_bytes
+        expected = resp.content_length
+        if expected is not None and expected > limit:
+            raise DownloadFailed(f"archive is {expected} bytes, over max_download_bytes ({limit})")
+        received = 0
+        repo.progress = 0.0 if expected else None
+        buffer = bytearray()
+        with await asyncio.to_thread(target.open, "wb") as out:
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                received += len(chunk)
+                if received > limit:
+                    raise DownloadFailed(f"archive is over max_download_bytes ({limit})")
+                buffer += chunk
+                if len(buffer) >= _WRITE_CHUNK:
+                    await asyncio.to_thread(out.write, bytes(buffer))
+                    buffer.clear()
+                if expected:
+                    repo.progress = min(received / expected, 1.0)
+            if buffer:
+                await asyncio.to_thread(out.write, bytes(buffer))
+        if expected is not None and received < expected:
+            raise DownloadFailed(f"archive truncated: got {received} of {expected} bytes")
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    if target.exists():
+        raise ArchiveRejected(
+            f"folder {target.name!r} appeared while downloading; kept the existing one"
+        )
+    os.rename(source, target)
