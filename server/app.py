@@ -1,31 +1,53 @@
 """The application factory: the single place where framehub is assembled.
 
-``create_app(settings)`` wires middlewares, the cookie session, the routes and one ``cleanup_ctx``
-entry per resource with a lifetime (HTTP client session, repository store). ``main.py`` and the
-tests both build the app here.
+``create_app(settings)`` wires the middlewares (errors to JSON, CORS, cookie session), the routes,
+the Socket.IO server and one ``cleanup_ctx`` entry per resource with a lifetime: the HTTP client
+session, the placeholder image, the repository store, and the live pipeline (encoder executor,
+processors, session registry). On shutdown Socket.IO clients are disconnected first, then every
+session's last clip is finished within ``[server] shutdown_timeout``. ``main.py`` and the tests
+both build the app here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
+import socketio
 from aiohttp import web
 from aiohttp_session import setup as setup_session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
-from server.handlers import camera
-from server.keys import client_session_key, placeholder_key, repository_store_key, settings_key
+from server.auth import cors_middleware
+from server.handlers import analysis, batch, camera, live
+from server.keys import (
+    client_session_key,
+    encoder_executor_key,
+    job_queue_key,
+    placeholder_key,
+    processor_pool_key,
+    repository_store_key,
+    session_registry_key,
+    settings_key,
+    socketio_key,
+)
 from server.media.images import placeholder_jpeg
 from server.middleware import error_middleware
+from server.processors import ProcessorPool
 from server.secrets_file import cookie_key
 from server.settings import Settings
+from server.store.jobs import JobQueue
 from server.store.repositories import RepositoryStore
+from server.store.sessions import ClipPipeline, SessionRegistry
+
+_LOGGER = logging.getLogger(__name__)
 
 COOKIE_NAME = "framehub"
-# Small bodies everywhere: large uploads get their own limits on their own routes.
+# Small bodies everywhere: routes taking large uploads read their bodies with their own limits.
 CLIENT_MAX_SIZE = 1 << 20
 
 
@@ -48,9 +70,60 @@ async def _repository_store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _live_pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    executor = ThreadPoolExecutor(settings.clips.encode_threads, thread_name_prefix="encoder")
+    pool = ProcessorPool(settings, app[client_session_key])
+    registry = SessionRegistry(settings, ClipPipeline(settings, executor, pool))
+    app[encoder_executor_key] = executor
+    app[processor_pool_key] = pool
+    app[session_registry_key] = registry
+    yield
+    await registry.close(grace=settings.server.shutdown_timeout)
+    await asyncio.to_thread(executor.shutdown, True)
+
+
+async def _job_queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    queue = JobQueue(app[settings_key], app[processor_pool_key])
+    await queue.start()
+    app[job_queue_key] = queue
+    yield
+    await queue.close(grace=app[settings_key].server.shutdown_timeout)
+
+
+async def _disconnect_socketio_clients(app: web.Application) -> None:
+    """Close every Socket.IO connection cleanly before the web server stops."""
+    sio = app[socketio_key]
+    for _namespace, sid in list(_connected_sids(sio)):
+        await sio.disconnect(sid)
+    await sio.shutdown()
+
+
+def _connected_sids(sio: socketio.AsyncServer) -> list[tuple[str, str]]:
+    return [
+        (namespace, sid)
+        for namespace in list(sio.manager.get_namespaces())
+        for sid, _eio_sid in list(sio.manager.get_participants(namespace, None))
+    ]
+
+
+def _socketio_server(settings: Settings) -> socketio.AsyncServer:
+    origins = settings.server.cors_allowed_origins
+    return socketio.AsyncServer(
+        async_mode="aiohttp",
+        # None means same origin only (python-socketio's rule); "*" opens it to all.
+        cors_allowed_origins=("*" if "*" in origins else (list(origins) or None)),
+        max_http_buffer_size=settings.sessions.max_buffer_size,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the framehub application for ``settings``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(
+        middlewares=[error_middleware, cors_middleware], client_max_size=CLIENT_MAX_SIZE
+    )
     app[settings_key] = settings
     setup_session(
         app,
@@ -62,6 +135,22 @@ def create_app(settings: Settings) -> web.Application:
             samesite="Lax",
         ),
     )
-    app.cleanup_ctx.extend([_client_session_ctx, _placeholder_ctx, _repository_store_ctx])
-    camera.setup_routes(app)
+    sio = _socketio_server(settings)
+    sio.register_namespace(live.LiveNamespace(app))
+    sio.attach(app)
+    app[socketio_key] = sio
+    app.on_shutdown.append(_disconnect_socketio_clients)
+    app.cleanup_ctx.extend(
+        [
+            _client_session_ctx,
+            _placeholder_ctx,
+            _repository_store_ctx,
+            _live_pipeline_ctx,
+            _job_queue_ctx,
+        ]
+    )
+    live.setup_routes(app)
+    analysis.setup_routes(app)
+    batch.setup_routes(app)
+    camera.setup_routes(app)  # last: `/{repo}` matches any single path segment
     return app

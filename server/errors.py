@@ -47,3 +47,51 @@ class InvalidParameter(FramehubError):
     """A query parameter with a value outside what is allowed."""
 
     status = 400
+
+
+class FrameRejected(FramehubError):
+    """A live frame that is not an image we take, or is too large."""
+
+    status = 400
+
+
+class Unauthorized(FramehubError):
+    """A request without the configured ``[server] api_token``."""
+
+    status = 401
+
+
+class PayloadTooLarge(FramehubError):
+    """A request body over the limit of its route."""
+
+    status = 413
+
+
+class UnsupportedUpload(FramehubError):
+    """A batch upload that is neither multipart/form-data nor a raw ``video/*`` body."""
+
+    status = 415
+
+
+class VideoRejected(FramehubError):
+    """An uploaded file that is not a video framehub takes, or breaks a ``[batch]`` limit."""
+
+    status = 422
+
+
+class InsufficientStorage(FramehubError):
+    """No disk space left for an upload."""
+
+    status = 507
+
+
+class JobNotFound(FramehubError):
+    """A batch job id that is unknown, or whose result is no longer kept."""
+
+    status = 404
+
+
+class BatchUnavailable(FramehubError):
+    """The batch queue is full, the server is stopping, or a job was stopped with it."""
+
+    status = 503

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import aiohttp
+import socketio
 from aiohttp import web
 
+from server.processors import ProcessorPool
 from server.settings import Settings
+from server.store.jobs import JobQueue
 from server.store.repositories import RepositoryStore
+from server.store.sessions import SessionRegistry
 
 settings_key = web.AppKey("settings", Settings)
 client_session_key = web.AppKey("client_session", aiohttp.ClientSession)
 repository_store_key = web.AppKey("repository_store", RepositoryStore)
 placeholder_key = web.AppKey("placeholder_jpeg", bytes)
+socketio_key = web.AppKey("socketio", socketio.AsyncServer)
+encoder_executor_key = web.AppKey("encoder_executor", ThreadPoolExecutor)
+processor_pool_key = web.AppKey("processor_pool", ProcessorPool)
+session_registry_key = web.AppKey("session_registry", SessionRegistry)
+job_queue_key = web.AppKey("job_queue", JobQueue)

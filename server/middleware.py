@@ -7,6 +7,7 @@ every client, script or browser, reads the same shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -28,6 +29,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except FramehubError as exc:
+        if exc.status == 401:
+            return error_response(exc.status, str(exc), **{"WWW-Authenticate": "Bearer"})
         return error_response(exc.status, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
@@ -39,3 +42,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"method {request.method} not allowed for {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         return error_response(exc.status, message, **headers)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        _LOGGER.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "internal error; the server log has the details")

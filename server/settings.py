@@ -13,6 +13,7 @@ working directory finds the same state.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -33,8 +34,8 @@ class SettingsError(Exception):
 
 def _setting(default: Any, check: Check | None = None) -> Any:
     """A dataclass field with a default and an optional (predicate, allowed-values) check."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"check": check})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
     return field(default=default, metadata={"check": check})
 
 
@@ -75,6 +76,27 @@ def _repository_names(value: list[str]) -> bool:
     from server.store.names import is_valid_repository_name
 
     return all(is_valid_repository_name(name) for name in value)
+
+
+def _identifier(value: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is not None
+
+
+def _processor_url(value: str) -> bool:
+    return _http_url(value) or (value.startswith("/") and not value.startswith("//"))
+
+
+_X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
 
 
 def _origins(value: list[str]) -> bool:
@@ -131,12 +153,94 @@ class CameraSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """``[sessions]``: live Socket.IO sessions."""
+
+    ttl: float = _setting(300.0, (_positive, "a number of seconds above 0"))
+    max_pending: int = _setting(1000, (_positive, "a whole number above 0"))
+    session_id_name: str = _setting(
+        "session_id", (_identifier, "a name of letters, digits, '_' or '-'")
+    )
+    generate_session_id_on_connect: bool = _setting(False)
+    emit_result: bool = _setting(True)
+    max_buffer_size: int = _setting(16 << 20, (_positive, "a number of bytes above 0"))
+    final_clip: bool = _setting(True)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSettings:
+    """``[frames]``: what a live frame may be and how many may wait."""
+
+    max_bytes: int = _setting(8 << 20, (_positive, "a number of bytes above 0"))
+    max_pixels: int = _setting(4096 * 4096, (_positive, "a whole number above 0"))
+    queue_size: int = _setting(64, (_positive, "a whole number above 0"))
+    when_full: str = _setting(
+        "drop_oldest", (lambda v: v in ("drop_oldest", "reject"), '"drop_oldest" or "reject"')
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSettings:
+    """``[clips]``: how frames are grouped and encoded."""
+
+    frames: int = _setting(30, (_positive, "a whole number above 0"))
+    stride: int = _setting(0, (_non_negative, "a whole number from 1 to clips.frames, or 0"))
+    max_wait: float = _setting(2.0, (_positive, "a number of seconds above 0"))
+    fps: float = _setting(15.0, (_positive, "frames per second above 0"))
+    codec: str = _setting("mjpeg", (lambda v: v in ("h264", "mjpeg"), '"h264" or "mjpeg"'))
+    h264_preset: str = _setting(
+        "veryfast", (lambda v: v in _X264_PRESETS, "one of " + ", ".join(_X264_PRESETS))
+    )
+    h264_crf: int = _setting(23, (lambda v: 0 <= v <= 51, "a whole number from 0 to 51"))
+    encode_threads: int = _setting(2, (_positive, "a whole number above 0"))
+    max_concurrent_requests: int = _setting(16, (_positive, "a whole number above 0"))
+    max_clip_bytes: int = _setting(64 << 20, (_positive, "a number of bytes above 0"))
+
+    @property
+    def step(self) -> int:
+        """Frames between the starts of two clips (``stride``, or ``frames`` when 0)."""
+        return self.stride or self.frames
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """``[batch]``: whole videos uploaded to ``POST /batch``."""
+
+    max_bytes: int = _setting(500 << 20, (_positive, "a number of bytes above 0"))
+    probe_timeout: float = _setting(30.0, (_positive, "a number of seconds above 0"))
+    max_duration: float = _setting(3600.0, (_positive, "a number of seconds above 0"))
+    max_pixels: int = _setting(4096 * 2304, (_positive, "a whole number above 0"))
+    concurrency: int = _setting(2, (_positive, "a whole number above 0"))
+    max_queued: int = _setting(100, (_positive, "a whole number above 0"))
+    keep: float = _setting(3600.0, (_non_negative, "a number of seconds, 0 or more"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSettings:
+    """``[processors.NAME]``: one analysis API that receives every clip."""
+
+    url: str = _setting(
+        "", (_processor_url, 'an http(s):// URL, or a path such as "/analyze/summary"')
+    )
+    field: str = _setting("file", (bool, "a form field name"))
+    timeout: float = _setting(30.0, (_positive, "a number of seconds above 0"))
+    retries: int = _setting(2, (_non_negative, "a whole number, 0 or more"))
+    headers: dict[str, str] = _setting({})
+    max_response_bytes: int = _setting(1 << 20, (_positive, "a number of bytes above 0"))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole settings file."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     repositories: RepositorySettings = field(default_factory=RepositorySettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    frames: FrameSettings = field(default_factory=FrameSettings)
+    clips: ClipSettings = field(default_factory=ClipSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    processors: dict[str, ProcessorSettings] = field(default_factory=dict)
     source: Path | None = None
 
     @property
@@ -151,7 +255,13 @@ _TABLES: dict[str, type] = {
     "server": ServerSettings,
     "repositories": RepositorySettings,
     "camera": CameraSettings,
+    "sessions": SessionSettings,
+    "frames": FrameSettings,
+    "clips": ClipSettings,
+    "batch": BatchSettings,
 }
+# ``[processors.NAME]`` tables, one per analysis API, each shaped like ProcessorSettings.
+_PROCESSORS_TABLE = "processors"
 
 
 def _type_name(expected: Any) -> str:
@@ -240,15 +350,17 @@ def settings_from_mapping(
     data: Mapping[str, Any], base_dir: Path, where: str = "settings", source: Path | None = None
 ) -> Settings:
     """Build and check :class:`Settings` from parsed TOML; paths are resolved against ``base_dir``."""
-    unknown = sorted(set(data) - set(_TABLES))
+    allowed = [*_TABLES, _PROCESSORS_TABLE]
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise SettingsError(
             f"{where}: unknown table [{unknown[0]}]; allowed tables are "
-            + ", ".join(f"[{t}]" for t in sorted(_TABLES))
+            + ", ".join(f"[{t}]" for t in sorted(allowed))
         )
     built: dict[str, Any] = {}
     for name, cls in _TABLES.items():
         built[name] = build_table(cls, data.get(name, {}), name, where)
+    built[_PROCESSORS_TABLE] = _build_processors(data.get(_PROCESSORS_TABLE, {}), where)
     server = built["server"]
     built["server"] = dataclasses.replace(server, state_dir=_resolve(server.state_dir, base_dir))
     repositories = built["repositories"]
@@ -260,12 +372,35 @@ def settings_from_mapping(
     return settings
 
 
+def _build_processors(tables: Any, where: str) -> dict[str, ProcessorSettings]:
+    if not isinstance(tables, dict):
+        raise SettingsError(f"{where}: [processors] must hold one table per API, [processors.NAME]")
+    processors = {}
+    for name, table in tables.items():
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", name) is None:
+            raise SettingsError(
+                f"{where}: processors.{name} is not a valid processor name "
+                "(letters, digits, '_' or '-', starting with a letter or '_')"
+            )
+        processor = build_table(ProcessorSettings, table, f"processors.{name}", where)
+        if not processor.url:
+            raise SettingsError(f"{where}: processors.{name}.url is required")
+        processors[name] = processor
+    return processors
+
+
 def _check_across_tables(settings: Settings, where: str) -> None:
     camera = settings.camera
     if camera.mjpeg_fps > camera.mjpeg_max_fps:
         raise SettingsError(
             f"{where}: camera.mjpeg_fps must be at most camera.mjpeg_max_fps "
             f"({camera.mjpeg_max_fps:g}), not {camera.mjpeg_fps:g}"
+        )
+    clips = settings.clips
+    if clips.stride > clips.frames:
+        raise SettingsError(
+            f"{where}: clips.stride must be from 1 to clips.frames ({clips.frames}), or 0, "
+            f"not {clips.stride}"
         )
     if settings.repositories.initial and not settings.repositories.source_url:
         raise SettingsError(

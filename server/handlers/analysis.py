@@ -1,0 +1,58 @@
+"""The built-in analysis APIs, so the embedded default runs the whole pipeline with no other service.
+
+``POST /analyze/summary`` and ``POST /analyze/motion`` take a clip as the external APIs do (a
+multipart field, or a raw ``video/*`` body), decode it in a worker thread and answer JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from server.errors import FramehubError, PayloadTooLarge
+from server.keys import settings_key
+from server.media.analysis import motion_report, summarize_clip
+
+
+async def _read_clip(request: web.Request) -> bytes:
+    """The clip bytes of a multipart upload (first file field) or of a raw body, size-capped."""
+    limit = request.app[settings_key].clips.max_clip_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"clip is over the {limit}-byte limit ([clips] max_clip_bytes)")
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if isinstance(part, BodyPartReader) and part.filename is not None:
+                return await _read_capped(part.read_chunk, limit)
+        raise FramehubError("no file in the multipart body: send the clip as a file field")
+    return await _read_capped(request.content.read, limit)
+
+
+async def _read_capped(read: Callable[[int], Any], limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await read(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"clip is over the {limit}-byte limit ([clips] max_clip_bytes)")
+    return bytes(data)
+
+
+async def summary(request: web.Request) -> web.Response:
+    """``POST /analyze/summary``: frames, duration, size and codec of the decoded clip."""
+    clip = await _read_clip(request)
+    return web.json_response(await asyncio.to_thread(summarize_clip, clip))
+
+
+async def motion(request: web.Request) -> web.Response:
+    """``POST /analyze/motion``: per-frame motion energy and the frame ranges with motion."""
+    clip = await _read_clip(request)
+    return web.json_response(await asyncio.to_thread(motion_report, clip))
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the built-in analysis routes."""
+    app.router.add_post("/analyze/summary", summary)
+    app.router.add_post("/analyze/motion", motion)

@@ -1,0 +1,223 @@
+"""Fan-out of a clip or video to every configured analysis API (``[processors.NAME]``).
+
+:meth:`ProcessorPool.analyse` posts one payload (bytes in memory, or a file streamed from disk) as
+multipart to each chosen processor concurrently, through the app's one ``ClientSession`` and under a
+global limit of concurrent requests. Each processor answers on its own: connection errors, 5xx and
+429 are retried with exponential backoff (``retries``), a timeout or any other failure becomes
+``{"error": ..., "status": ...}`` for that processor only, so one bad API never holds back the rest.
+JSON answers are passed through; other answers as text, both capped at ``max_response_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from server.errors import FramehubError
+from server.settings import ProcessorSettings, Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+FIRST_BACKOFF = 0.2
+MAX_BACKOFF = 5.0
+MAX_TEXT_IN_ERROR = 200
+
+
+class UnknownProcessor(FramehubError):
+    """A processor name that is not configured."""
+
+    status = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What is sent: ``data`` in memory or the file at ``path``, under ``filename``."""
+
+    filename: str
+    content_type: str
+    data: bytes | None = None
+    path: Path | None = None
+
+
+class _Failure(Exception):
+    """One processor's failure, carried to the result as ``{"error", "status"}``."""
+
+    def __init__(self, message: str, status: int | None = None, retry: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry = retry
+        self.retry_after: float | None = None
+
+
+def resolve_url(url: str, settings: Settings) -> str:
+    """Absolute URL of a processor; a path such as ``/analyze/summary`` means this server."""
+    if not url.startswith("/"):
+        return url
+    host = settings.server.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.server.port}{url}"
+
+
+def public_description(
+    name: str, processor: ProcessorSettings, settings: Settings
+) -> dict[str, Any]:
+    """What ``GET /options`` tells about a processor: no header values, no credentials in URLs."""
+    parts = urlsplit(resolve_url(processor.url, settings))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return {
+        "name": name,
+        "url": f"{parts.scheme}://{netloc}{parts.path}",
+        "field": processor.field,
+        "timeout": processor.timeout,
+        "retries": processor.retries,
+        "headers": sorted(processor.headers),
+        "max_response_bytes": processor.max_response_bytes,
+    }
+
+
+class ProcessorPool:
+    """Posts payloads to the configured processors; one per app, see ``server.app``."""
+
+    def __init__(self, settings: Settings, client: aiohttp.ClientSession) -> None:
+        self._settings = settings
+        self.processors = dict(settings.processors)
+        self._urls = {name: resolve_url(p.url, settings) for name, p in self.processors.items()}
+        self._client = client
+        self._limit = asyncio.Semaphore(settings.clips.max_concurrent_requests)
+
+    def select(self, names: Iterable[str] | None) -> list[str]:
+        """The processors to use: all, or the ``names`` asked for (each must exist)."""
+        if names is None:
+            return list(self.processors)
+        chosen = []
+        for name in names:
+            if name not in self.processors:
+                known = ", ".join(sorted(self.processors)) or "none configured"
+                raise UnknownProcessor(f"unknown processor {name!r}; known processors: {known}")
+            if name not in chosen:
+                chosen.append(name)
+        return chosen
+
+    async def analyse(self, payload: Payload, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """``{NAME: answer or {"error", "status"}}`` for every chosen processor."""
+        chosen = self.select(names)
+        answers = await asyncio.gather(*(self._ask(name, payload) for name in chosen))
+        return dict(zip(chosen, answers, strict=True))
+
+    async def _ask(self, name: str, payload: Payload) -> Any:
+        processor = self.processors[name]
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            try:
+                async with self._limit:
+                    return await self._post(processor, self._urls[name], payload)
+            except _Failure as failure:
+                if not failure.retry or attempt >= processor.retries:
+                    _LOGGER.warning(
+                        "processor %s failed after %d attempt(s) in %.2f s: %s",
+                        name,
+                        attempt + 1,
+                        time.monotonic() - started,
+                        failure,
+                    )
+                    return {"error": str(failure), "status": failure.status}
+                backoff = min(FIRST_BACKOFF * 2**attempt, MAX_BACKOFF)
+                if failure.retry_after is not None:
+                    backoff = min(max(backoff, failure.retry_after), MAX_BACKOFF)
+                attempt += 1
+                await asyncio.sleep(backoff)
+
+    async def _post(self, processor: ProcessorSettings, url: str, payload: Payload) -> Any:
+        form = aiohttp.FormData()
+        timeout = aiohttp.ClientTimeout(total=processor.timeout)
+        try:
+            if payload.path is not None:
+                # aiohttp reads file payloads in its executor, chunk by chunk: never all in memory.
+                with payload.path.open("rb") as body:
+                    form.add_field(
+                        processor.field,
+                        body,
+                        filename=payload.filename,
+                        content_type=payload.content_type,
+                    )
+                    return await self._send(processor, url, form, timeout)
+            form.add_field(
+                processor.field,
+                payload.data or b"",
+                filename=payload.filename,
+                content_type=payload.content_type,
+            )
+            return await self._send(processor, url, form, timeout)
+        except TimeoutError:
+            raise _Failure(f"no answer within the {processor.timeout:g} s timeout") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _Failure(f"cannot connect: {exc.strerror or exc}", retry=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Failure(f"request failed: {exc}", retry=True) from None
+
+    async def _send(
+        self,
+        processor: ProcessorSettings,
+        url: str,
+        form: aiohttp.FormData,
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> Any:
+        async with self._client.post(
+            url, data=form, headers=processor.headers, timeout=client_timeout
+        ) as resp:
+            body = await _read_capped(resp, processor.max_response_bytes)
+            text = body.decode(resp.charset or "utf-8", errors="replace")
+            if resp.status >= 400:
+                excerpt = " ".join(text[:MAX_TEXT_IN_ERROR].split())
+                failure = _Failure(
+                    f"HTTP {resp.status}: {excerpt}".rstrip(": "),
+                    status=resp.status,
+                    retry=resp.status in RETRY_STATUSES,
+                )
+                failure.retry_after = _retry_after(resp.headers.get("Retry-After"))
+                raise failure
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > limit:
+        raise _Failure(
+            f"answer of {resp.content_length} bytes is over max_response_bytes ({limit})",
+            status=resp.status,
+        )
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise _Failure(f"answer is over max_response_bytes ({limit})", status=resp.status)
+    return bytes(body)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
