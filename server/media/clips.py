@@ -1,0 +1,191 @@
+"""Clips: a session's frames (JPEG, PNG or WebP files) encoded in memory into one MP4 file.
+
+:func:`encode_clip` gets the frames of one clip, already checked by
+:func:`server.media.frames.inspect_frame`, reads each header again with
+:func:`~server.media.frames.frame_info`, and writes an MP4 into an ``io.BytesIO``:
+
+- ``h264``: each frame is decoded (JPEG with FFmpeg's own mjpeg decoder, about three times faster
+  than Pillow and already in YUV; PNG and WebP with Pillow), scaled and converted to yuv420p by
+  ``VideoFrame.reformat`` and encoded with libx264 at the given preset and CRF.
+- ``mjpeg``, the fast path: a JPEG already at the clip's size becomes an MP4 sample as it is, no
+  decode and no re-encode. Only the other frames (PNG, WebP, JPEG of another size) are decoded,
+  scaled and written as JPEG by Pillow.
+
+The clip's size is its first frame's; frames of another size are stretched to it. For h264 the
+size is rounded down to even numbers (at least 2), since yuv420p halves both dimensions for
+chroma; mjpeg keeps odd sizes, as JPEG allows them. Frame ``i`` has pts ``i`` in a time base of
+``1/fps``, so a clip of ``n`` frames lasts exactly ``n / fps`` seconds.
+
+The MP4 is fragmented (``frag_keyframe+empty_moov+delay_moov+default_base_moof``): the muxer
+writes front to back and never seeks back, which is what an in-memory output needs, and
+``delay_moov`` holds the index until the first fragment is known so that it carries the edit list
+that makes h264's first frame (held back by B-frames) start at 0, as in a plain MP4. ``faststart``
+(a plain MP4 with the index at the front) is not possible here: FFmpeg moves the index by reopening
+the output by name, which fails for a file object.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import av
+from av.codec.context import ThreadType
+from av.container import OutputContainer
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType, VideoFrame
+from av.video.stream import VideoStream
+from PIL import Image
+
+from server.errors import FrameRejected
+from server.media.frames import FrameInfo, frame_info
+
+Codec = Literal["h264", "mjpeg"]
+CODECS: tuple[Codec, ...] = ("h264", "mjpeg")
+MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof"}
+# Frames rewritten on the mjpeg path are a minority (odd sizes, PNG/WebP clients); keep them close
+# to the camera's own JPEGs.
+REENCODED_JPEG_QUALITY = 90
+# fps as a fraction for the time base: 30000/1001 and 29.97 stay exact, and MP4 timescales stay
+# small integers.
+_MAX_RATE_DENOMINATOR = 1001
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedClip:
+    """One encoded clip: a complete, playable MP4 file and what it holds."""
+
+    data: bytes
+    frames: int
+    width: int
+    height: int
+    codec: str
+    duration: float
+
+
+def encode_clip(
+    frames: Sequence[bytes],
+    fps: float,
+    codec: Codec,
+    *,
+    h264_preset: str = "veryfast",
+    h264_crf: int = 23,
+) -> EncodedClip:
+    """Encode image files into an in-memory MP4 at ``fps``; the first frame sets the size."""
+    if not frames:
+        raise ValueError("a clip needs at least one frame")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, not {fps}")
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}, expected one of {', '.join(CODECS)}")
+    infos = [frame_info(data) for data in frames]
+    width, height = infos[0].width, infos[0].height
+    rate = Fraction(fps).limit_denominator(_MAX_RATE_DENOMINATOR)
+    output = io.BytesIO()
+    with av.open(output, "w", format="mp4", options=MP4_OPTIONS) as container:
+        if codec == "h264":
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height = _even(width), _even(height)
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"preset": h264_preset, "crf": str(h264_crf)}
+            # x264's frame threads (the CLI's default) rather than PyAV's slice threads: more
+            # throughput for whole clips, at the cost of latency we do not need here.
+            stream.codec_context.thread_type = ThreadType.AUTO
+            _write_h264(container, stream, frames, infos, 1 / rate)
+        else:
+            stream = container.add_stream("mjpeg", rate=rate)
+            stream.width, stream.height = width, height
+            stream.pix_fmt = "yuvj420p"
+            _write_mjpeg(container, stream, frames, infos, 1 / rate)
+        # Nothing is buffered on the mjpeg path (its encoder is never fed), but flushing is what
+        # ends every stream we write.
+        container.mux(stream.encode(None))
+    return EncodedClip(
+        data=output.getvalue(),
+        frames=len(frames),
+        width=stream.width,
+        height=stream.height,
+        codec=codec,
+        duration=len(frames) / fps,
+    )
+
+
+def _even(size: int) -> int:
+    """``size`` rounded down to an even number, at least 2, as yuv420p needs."""
+    return max(2, size - size % 2)
+
+
+def _write_h264(
+    container: OutputContainer,
+    stream: VideoStream,
+    frames: Sequence[bytes],
+    infos: Sequence[FrameInfo],
+    time_base: Fraction,
+) -> None:
+    jpeg_decoder = av.CodecContext.create("mjpeg", "r")
+    for index, (data, info) in enumerate(zip(frames, infos, strict=True)):
+        frame = _decode(jpeg_decoder, data, info, index)
+        frame = frame.reformat(stream.width, stream.height, "yuv420p")
+        # A decoded JPEG is marked as an I picture, and libx264 obeys the mark: every frame would
+        # be a keyframe. FFmpeg's CLI clears it too.
+        frame.pict_type = PictureType.NONE
+        frame.pts = index
+        frame.time_base = time_base
+        container.mux(stream.encode(frame))
+
+
+def _write_mjpeg(
+    container: OutputContainer,
+    stream: VideoStream,
+    frames: Sequence[bytes],
+    infos: Sequence[FrameInfo],
+    time_base: Fraction,
+) -> None:
+    jpeg_decoder = av.CodecContext.create("mjpeg", "r")
+    size = (stream.width, stream.height)
+    for index, (data, info) in enumerate(zip(frames, infos, strict=True)):
+        if info.format != "JPEG" or (info.width, info.height) != size:
+            data = _reencode_jpeg(_decode(jpeg_decoder, data, info, index), size)
+        packet = av.Packet(data)
+        packet.stream = stream
+        packet.time_base = time_base
+        packet.pts = packet.dts = index
+        packet.duration = 1
+        # Every JPEG stands alone; unmarked samples would also keep frag_keyframe from cutting.
+        packet.is_keyframe = True
+        container.mux(packet)
+
+
+def _decode(
+    jpeg_decoder: VideoCodecContext, data: bytes, info: FrameInfo, index: int
+) -> VideoFrame:
+    """One image file as a VideoFrame: JPEG through FFmpeg, PNG and WebP through Pillow."""
+    try:
+        if info.format == "JPEG":
+            # Intra-only and without frame threads, the decoder gives each frame back at once.
+            decoded = jpeg_decoder.decode(av.Packet(data))
+            if len(decoded) != 1:
+                raise FrameRejected(f"frame {index}: the JPEG decoder returned no picture")
+            return decoded[0]
+        with Image.open(io.BytesIO(data), formats=[info.format]) as image:
+            rgb = image.convert("RGB")
+        # PyAV's stubs leave from_image and to_image without annotations.
+        frame: VideoFrame = VideoFrame.from_image(rgb)  # type: ignore[no-untyped-call]
+        return frame
+    except av.FFmpegError as error:
+        # The header was fine (inspect_frame read it) but the pixels are not.
+        raise FrameRejected(f"frame {index} cannot be decoded: {error.strerror}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise FrameRejected(f"frame {index} cannot be decoded: {error}") from None
+
+
+def _reencode_jpeg(frame: VideoFrame, size: tuple[int, int]) -> bytes:
+    """``frame`` scaled to ``size`` as a JPEG file, 4:2:0 like the stream it joins."""
+    rgb = frame.reformat(size[0], size[1], "rgb24")
+    image: Image.Image = rgb.to_image()  # type: ignore[no-untyped-call]
+    output = io.BytesIO()
+    image.save(output, format="JPEG", quality=REENCODED_JPEG_QUALITY)
+    return output.getvalue()

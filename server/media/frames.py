@@ -1,0 +1,93 @@
+"""Live frames: check what a client sent before it is queued for a clip.
+
+A ``process`` event carries the bytes of one image file. :func:`inspect_frame` checks them in the
+order that costs least: the byte count first, then the format and size read from the file's header
+(Pillow parses only the header, the pixels are never decoded), then the pixel count. A frame that
+passes goes to the session's queue and later to :func:`server.media.clips.encode_clip`, which reads
+the same header again with :func:`frame_info` to decide whether a JPEG can be muxed as it is.
+
+Pillow's ``Image.open`` is not used: it checks sizes against its own process-wide limit
+(``Image.MAX_IMAGE_PIXELS``) and warns with ``DecompressionBombWarning``, which could only be
+silenced with ``warnings.catch_warnings``, a global filter change that is not thread-safe on Python
+3.11 while frames are inspected in several worker threads. Instead the format is found with the
+same header tests ``Image.open`` uses (Pillow's plugin registry) and the plugin's image class reads
+the header; ``max_pixels`` is the only size limit, and the message names the claimed size.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from PIL import Image
+
+from server.errors import FrameRejected
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+# Pillow's names are upper case; people write WebP.
+_ALLOWED_TEXT = "JPEG, PNG, WebP"
+# Image.open reads this many bytes to tell formats apart.
+_PREFIX_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """What a frame's header says: Pillow's format name and the size in pixels."""
+
+    format: str
+    width: int
+    height: int
+
+
+def inspect_frame(data: bytes, max_bytes: int, max_pixels: int) -> FrameInfo:
+    """Check a live frame without decoding its pixels; FrameRejected says what is wrong."""
+    if len(data) > max_bytes:
+        raise FrameRejected(f"frame is {len(data)} bytes, over max_bytes {max_bytes}")
+    info = frame_info(data)
+    pixels = info.width * info.height
+    if pixels > max_pixels:
+        raise FrameRejected(
+            f"frame is {info.width}x{info.height} = {pixels} pixels, over max_pixels {max_pixels}"
+        )
+    return info
+
+
+def frame_info(data: bytes) -> FrameInfo:
+    """Format and size from the header of a JPEG, PNG or WebP file; FrameRejected otherwise."""
+    name = _identify(data[:_PREFIX_BYTES])
+    if name is None:
+        raise FrameRejected("frame is not an image")
+    if name not in ALLOWED_FORMATS:
+        raise FrameRejected(f"unsupported format {name}, allowed {_ALLOWED_TEXT}")
+    factory, _accept = Image.OPEN[name]
+    try:
+        with factory(io.BytesIO(data), "") as image:
+            width, height = image.size
+    except Image.DecompressionBombError as error:
+        # Only WebP checks Pillow's limit while reading the header, since libwebp allocates its
+        # canvas then; anything that large is far over any max_pixels.
+        raise FrameRejected(f"frame is too large: {error}") from None
+    except (SyntaxError, OSError, ValueError, EOFError) as error:
+        raise FrameRejected(f"frame is not a valid {name} image: {error}") from None
+    if width <= 0 or height <= 0:
+        raise FrameRejected(f"frame is not a valid {name} image: size {width}x{height}")
+    return FrameInfo(name, width, height)
+
+
+def _identify(prefix: bytes) -> str | None:
+    """Pillow's name for the format whose signature ``prefix`` matches, as Image.open tests it."""
+    Image.init()
+    for name in Image.ID:
+        _factory, accept = Image.OPEN[name]
+        # A format without a signature test would claim anything; a str is Pillow's "looks like
+        # this format, but not one it can read" answer.
+        if accept is None:
+            continue
+        try:
+            result = accept(prefix)
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # a prefix too short for the test, as Image.open treats it
+        if result and not isinstance(result, str):
+            return name
+    return None
