@@ -91,6 +91,9 @@ def extract_images(archive: Path, destination: Path, budget: ArchiveBudget) -> E
 
 def _filtered(member: tarfile.TarInfo, destination: Path) -> tarfile.TarInfo:
     """Apply tarfile's ``data`` filter, then allow only regular files and folders."""
+    # The data filter strips a leading "/" and lets the member through; we refuse it instead.
+    if member.name.startswith("/"):
+        raise ArchiveRejected(f"archive member {member.name!r} has an absolute path")
     try:
         safe = tarfile.data_filter(member, str(destination))
     except tarfile.AbsolutePathError:

@@ -1,0 +1,133 @@
+"""``python main.py`` as an operator runs it: settings mistakes exit 2 with one line, SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Images
+
+MAIN = Path(__file__).resolve().parents[1] / "main.py"
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server\n", "not valid TOML"),
+        (None, "settings file not found"),
+    ],
+    ids=["bad-value", "invalid-toml", "missing-file"],
+)
+def test_bad_settings_exit_2_with_one_line(tmp_path: Path, text: str | None, names: str) -> None:
+    if text is not None:
+        (tmp_path / "bad.toml").write_text(text)
+
+    done = subprocess.run(
+        [sys.executable, str(MAIN), "--config", "bad.toml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("framehub: ")
+    assert "bad.toml" in lines[0]
+    assert names in lines[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_damaged_cookie_key_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text("[repositories]\ncreate_demo = false\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "secret.key").write_text("not a key\n")
+
+    done = subprocess.run(
+        [sys.executable, str(MAIN)], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "secret.key" in done.stderr
+
+
+def wait_until_answering(url: str, process: subprocess.Popen[bytes]) -> bytes:
+    """GET ``url`` until the server answers (bounded); its body."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        assert process.poll() is None, "the server exited while starting"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body: bytes = resp.read()
+                return body
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer from {url} within {START_TIMEOUT} s")
+            time.sleep(0.05)
+
+
+def test_serves_frames_and_stops_on_sigterm(
+    tmp_path: Path, images: Images, unused_tcp_port: int
+) -> None:
+    config = tmp_path / "conf" / "settings.toml"
+    config.parent.mkdir()
+    config.write_text(
+        '[server]\nhost = "0.0.0.0"\nport = 1\nstate_dir = "state"\nshutdown_timeout = 2\n'
+        "[repositories]\ncreate_demo = false\n"
+    )
+    folder = images.folder(tmp_path / "conf" / "state" / "repositories" / "cam", ["a.jpg", "b.png"])
+    port = unused_tcp_port
+    log = tmp_path / "stderr.log"
+
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(MAIN),
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=tmp_path,  # relative paths follow the settings file, not the working directory
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            listing = wait_until_answering(f"http://127.0.0.1:{port}/", process)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/cam/frames/1", timeout=5) as resp:
+                assert resp.headers["Content-Type"] == "image/png"
+                frame = resp.read()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                returncode = process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise
+
+    assert b'"cam"' in listing
+    assert frame == (folder / "b.png").read_bytes()
+    assert returncode == 0
+    output = log.read_text()
+    assert "Traceback" not in output
+    secret = (tmp_path / "conf" / "state" / "secret.key").read_text().strip()
+    assert secret and secret not in output
