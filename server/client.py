@@ -26,7 +26,7 @@ import json
 import mimetypes
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -57,14 +57,14 @@ class SendReport:
     seconds: float = 0.0
 
 
-def _video_frames(path: Path, quality: int) -> Iterator[bytes]:
+def _video_frames(path: Path, quality: int) -> Generator[bytes, None, None]:
     """Decode a video file with PyAV and yield each frame as JPEG bytes (blocking)."""
     import av
 
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             out = io.BytesIO()
-            frame.to_image().save(out, format="JPEG", quality=quality)
+            frame.to_image().save(out, format="JPEG", quality=quality)  # type: ignore[no-untyped-call]
             yield out.getvalue()
 
 
@@ -137,12 +137,13 @@ async def send(
             session_id = (await resp.json())["session_id"]
         sio = socketio.AsyncClient(reconnection=False)
 
-        @sio.on("result")  # type: ignore[misc]
         async def on_result(message: dict[str, Any]) -> None:
             report.results += 1
             report.dropped += int(message.get("clip", {}).get("dropped", 0))
             print(json.dumps(message), file=out, flush=True)
             last_result.set()
+
+        sio.on("result", on_result)
 
         auth: dict[str, str] = {session_id_name: session_id}
         if token:

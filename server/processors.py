@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from server.errors import FramehubError
+from server.metrics import Metrics
 from server.settings import ProcessorSettings, Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -52,8 +53,11 @@ class Payload:
 class _Failure(Exception):
     """One processor's failure, carried to the result as ``{"error", "status"}``."""
 
-    def __init__(self, message: str, status: int | None = None, retry: bool = False) -> None:
+    def __init__(
+        self, message: str, kind: str, status: int | None = None, retry: bool = False
+    ) -> None:
         super().__init__(message)
+        self.kind = kind
         self.status = status
         self.retry = retry
         self.retry_after: float | None = None
@@ -78,7 +82,8 @@ def public_description(
 ) -> dict[str, Any]:
     """What ``GET /options`` tells about a processor: no header values, no credentials in URLs."""
     parts = urlsplit(resolve_url(processor.url, settings))
-    netloc = parts.hostname or ""
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host  # urlsplit drops an IPv6 address's brackets
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return {
@@ -95,8 +100,9 @@ def public_description(
 class ProcessorPool:
     """Posts payloads to the configured processors; one per app, see ``server.app``."""
 
-    def __init__(self, settings: Settings, client: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, client: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self.processors = dict(settings.processors)
         self._urls = {name: resolve_url(p.url, settings) for name, p in self.processors.items()}
         self._client = client
@@ -128,9 +134,15 @@ class ProcessorPool:
         while True:
             try:
                 async with self._limit:
-                    return await self._post(processor, self._urls[name], payload)
+                    answer = await self._post(processor, self._urls[name], payload)
+                self._metrics.processor_requests.labels(name, "ok").inc()
+                self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
+                return answer
             except _Failure as failure:
+                self._metrics.processor_errors.labels(name, failure.kind).inc()
                 if not failure.retry or attempt >= processor.retries:
+                    self._metrics.processor_requests.labels(name, "error").inc()
+                    self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
                     _LOGGER.warning(
                         "processor %s failed after %d attempt(s) in %.2f s: %s",
                         name,
@@ -167,11 +179,15 @@ class ProcessorPool:
             )
             return await self._send(processor, url, form, timeout)
         except TimeoutError:
-            raise _Failure(f"no answer within the {processor.timeout:g} s timeout") from None
+            raise _Failure(
+                f"no answer within the {processor.timeout:g} s timeout", "timeout"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise _Failure(f"cannot connect: {exc.strerror or exc}", retry=True) from None
+            raise _Failure(
+                f"cannot connect: {exc.strerror or exc}", "connect", retry=True
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise _Failure(f"request failed: {exc}", retry=True) from None
+            raise _Failure(f"request failed: {exc}", "connection", retry=True) from None
 
     async def _send(
         self,
@@ -189,6 +205,7 @@ class ProcessorPool:
                 excerpt = " ".join(text[:MAX_TEXT_IN_ERROR].split())
                 failure = _Failure(
                     f"HTTP {resp.status}: {excerpt}".rstrip(": "),
+                    f"http_{resp.status // 100}xx",
                     status=resp.status,
                     retry=resp.status in RETRY_STATUSES,
                 )
@@ -204,13 +221,16 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     if resp.content_length is not None and resp.content_length > limit:
         raise _Failure(
             f"answer of {resp.content_length} bytes is over max_response_bytes ({limit})",
+            "too_large",
             status=resp.status,
         )
     body = bytearray()
     async for chunk in resp.content.iter_chunked(1 << 16):
         body += chunk
         if len(body) > limit:
-            raise _Failure(f"answer is over max_response_bytes ({limit})", status=resp.status)
+            raise _Failure(
+                f"answer is over max_response_bytes ({limit})", "too_large", status=resp.status
+            )
     return bytes(body)
 
 

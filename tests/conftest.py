@@ -328,6 +328,11 @@ class ReceivedClip:
         assert self.filename is not None
         return int(self.filename.removesuffix(".mp4").rsplit("-", 1)[1])
 
+    @property
+    def frame_numbers(self) -> list[int]:
+        """The numbers of the live frames decoded from the clip, told by their colour."""
+        return [LiveFrames.number(colour) for colour in self.colours]
+
 
 def decode_clip(data: bytes) -> tuple[int, tuple[int, int] | None, str | None, list[Any]]:
     """Frame count, size, codec and each frame's mean RGB colour of an MP4 clip, decoded by PyAV."""
@@ -384,6 +389,10 @@ class ClipApi:
         """Let every held answer go (called when the test ends)."""
         self._released.set()
         self.gate.set()
+
+    def frame_numbers(self) -> list[list[int]]:
+        """The live frame numbers decoded from each clip received, in clip order."""
+        return [clip.frame_numbers for clip in sorted(self.clips, key=lambda c: c.clip_id)]
 
     async def until_clips(self, count: int, seconds: float = LIVE_TIMEOUT) -> list[ReceivedClip]:
         """Wait until ``count`` clips have arrived; the clips."""
@@ -615,17 +624,8 @@ class LiveServer:
         assert client.connect_errors, "refused without a reason"
         return client.connect_errors[-1]
 
-    @staticmethod
-    def assert_nothing_left(settings: Settings, name: str) -> None:
-        """Neither repository ``name`` nor any download work folder is on disk."""
-        root = settings.repositories_dir
-        assert not (root / name).exists()
-        incoming = root / ".incoming"
-        assert not incoming.exists() or not any(incoming.iterdir())
-
-    @staticmethod
     async def until(
-        condition: Callable[[], object], what: str, seconds: float = LIVE_TIMEOUT
+        self, condition: Callable[[], object], what: str, seconds: float = LIVE_TIMEOUT
     ) -> None:
         """Wait until ``condition()`` is true, polling; fail the test after ``seconds``."""
         await Framehub.until(condition, what, seconds)
@@ -691,6 +691,24 @@ async def live_server(
         yield start
         for server in servers:
             await server.close_clients()
+
+
+LiveServerWithApiFactory = Callable[..., Awaitable[tuple[LiveServer, ClipApi]]]
+
+
+@pytest.fixture
+def live_server_with_api(
+    live_server: LiveServerFactory, clip_api: ClipApiFactory
+) -> LiveServerWithApiFactory:
+    """``await live_server_with_api(clips={...})``: framehub whose one processor, ``a``, is a
+    :class:`ClipApi` (no retries, 5 s timeout); the server and the API."""
+
+    async def start(**tables: Mapping[str, Any]) -> tuple[LiveServer, ClipApi]:
+        api = await clip_api("a")
+        processors = {"a": {"url": api.url, "retries": 0, "timeout": 5.0}}
+        return await live_server(**{"processors": processors, **tables}), api
+
+    return start
 
 
 @pytest.fixture

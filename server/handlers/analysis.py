@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from server.errors import FramehubError, PayloadTooLarge
+from server.handlers.bodies import multipart_reader
 from server.keys import settings_key
-from server.media.analysis import motion_report, summarize_clip
 
 
 async def _read_clip(request: web.Request) -> bytes:
@@ -23,7 +23,7 @@ async def _read_clip(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"clip is over the {limit}-byte limit ([clips] max_clip_bytes)")
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
+        reader = await multipart_reader(request)
         async for part in reader:
             if isinstance(part, BodyPartReader) and part.filename is not None:
                 return await _read_capped(part.read_chunk, limit)
@@ -42,14 +42,21 @@ async def _read_capped(read: Callable[[int], Any], limit: int) -> bytes:
 
 async def summary(request: web.Request) -> web.Response:
     """``POST /analyze/summary``: frames, duration, size and codec of the decoded clip."""
+    from server.media.analysis import summarize_clip  # PyAV loads on first use, see sessions.py
+
     clip = await _read_clip(request)
-    return web.json_response(await asyncio.to_thread(summarize_clip, clip))
+    max_pixels = request.app[settings_key].frames.max_pixels
+    return web.json_response(await asyncio.to_thread(summarize_clip, clip, max_pixels))
 
 
 async def motion(request: web.Request) -> web.Response:
     """``POST /analyze/motion``: per-frame motion energy and the frame ranges with motion."""
+    from server.media.analysis import motion_report  # PyAV loads on first use, see sessions.py
+
     clip = await _read_clip(request)
-    return web.json_response(await asyncio.to_thread(motion_report, clip))
+    max_pixels = request.app[settings_key].frames.max_pixels
+    report = await asyncio.to_thread(motion_report, clip, max_pixels=max_pixels)
+    return web.json_response(report)
 
 
 def setup_routes(app: web.Application) -> None:

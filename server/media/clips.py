@@ -37,6 +37,7 @@ from av.codec.context import ThreadType
 from av.container import OutputContainer
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
+from av.video.reformatter import ColorRange
 from av.video.stream import VideoStream
 from PIL import Image
 
@@ -128,7 +129,11 @@ def _write_h264(
     jpeg_decoder = av.CodecContext.create("mjpeg", "r")
     for index, (data, info) in enumerate(zip(frames, infos, strict=True)):
         frame = _decode(jpeg_decoder, data, info, index)
-        frame = frame.reformat(stream.width, stream.height, "yuv420p")
+        # JPEG decodes to full-range YUV; the h264 stream is limited range (what players assume),
+        # so convert the range too, or colours come out stretched.
+        frame = frame.reformat(
+            stream.width, stream.height, "yuv420p", dst_color_range=ColorRange.MPEG
+        )
         # A decoded JPEG is marked as an I picture, and libx264 obeys the mark: every frame would
         # be a keyframe. FFmpeg's CLI clears it too.
         frame.pict_type = PictureType.NONE

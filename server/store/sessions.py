@@ -24,13 +24,16 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.errors import FramehubError, FrameRejected
-from server.media.clips import EncodedClip, encode_clip
 from server.media.frames import FrameInfo, inspect_frame
+from server.metrics import Metrics
 from server.processors import Payload, ProcessorPool
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.media.clips import EncodedClip
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,14 +82,24 @@ class SessionCounters:
 class ClipPipeline:
     """Services shared by every session: settings, the encoder executor and the processors."""
 
-    def __init__(self, settings: Settings, executor: Executor, processors: ProcessorPool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        processors: ProcessorPool,
+        metrics: Metrics,
+    ) -> None:
         self.settings = settings
         self.executor = executor
         self.processors = processors
+        self.metrics = metrics
         self.clips_encoded = 0
 
     async def encode(self, frames: list[bytes]) -> EncodedClip:
         """Encode one clip on the encoder executor (PyAV never runs on the event loop)."""
+        # Imported on first use: PyAV costs ~17 MB, which a server used only as a camera saves.
+        from server.media.clips import encode_clip
+
         clips = self.settings.clips
         job = functools.partial(
             encode_clip,
@@ -96,8 +109,13 @@ class ClipPipeline:
             h264_preset=clips.h264_preset,
             h264_crf=clips.h264_crf,
         )
+        started = time.perf_counter()
         encoded = await asyncio.get_running_loop().run_in_executor(self.executor, job)
         self.clips_encoded += 1
+        self.metrics.clips_encoded.labels(encoded.codec).inc()
+        self.metrics.clip_encode_seconds.labels(encoded.codec).observe(
+            time.perf_counter() - started
+        )
         return encoded
 
 
@@ -145,6 +163,7 @@ class LiveSession:
             return self._enqueue(data, info, client_ts)
         except FrameRejected as exc:
             self.counters.rejected += 1
+            self._pipeline.metrics.frames_rejected.labels("invalid").inc()
             return {"ok": False, "error": str(exc)}
         finally:
             turn.set_result(None)
@@ -156,6 +175,7 @@ class LiveSession:
         if self._queue.qsize() >= frames.queue_size:
             if frames.when_full == "reject":
                 self.counters.rejected += 1
+                self._pipeline.metrics.frames_rejected.labels("busy").inc()
                 return {
                     "ok": False,
                     "busy": True,
@@ -163,10 +183,12 @@ class LiveSession:
                 }
             self._queue.get_nowait()
             self.counters.dropped += 1
+            self._pipeline.metrics.frames_dropped.inc()
             self._dropped_unreported += 1
         number = self._next_number
         self._next_number += 1
         self.counters.received += 1
+        self._pipeline.metrics.frames_received.inc()
         self._queue.put_nowait(IncomingFrame(number, data, info, time.monotonic(), client_ts))
         if self._encoder is None:
             self._encoder = asyncio.get_running_loop().create_task(
@@ -199,28 +221,31 @@ class LiveSession:
         clips = self._settings.clips
         loop = asyncio.get_running_loop()
         window: list[IncomingFrame] = []
+        # Frames of the window not yet sent in any clip: with overlapping windows (stride <
+        # frames) the frames kept after a clip were analysed already and alone make no new clip.
+        fresh = 0
         deadline = 0.0
         while True:
             try:
-                if window:
+                if fresh:
                     item = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
                 else:
                     item = await self._queue.get()
             except TimeoutError:
                 await self._clip_ready(window)
-                window = []
+                window, fresh = [], 0
                 continue
             if item is _END:
-                if window:
+                if fresh:
                     await self._clip_ready(window)
                 break
-            if not window:
+            if not fresh:
                 deadline = loop.time() + clips.max_wait
             window.append(item)
+            fresh += 1
             if len(window) >= clips.frames:
                 await self._clip_ready(window)
-                window = window[clips.step :]
-                deadline = loop.time() + clips.max_wait
+                window, fresh = window[clips.step :], 0
         await asyncio.gather(*self._analyses, return_exceptions=True)
 
     async def _clip_ready(self, window: list[IncomingFrame]) -> None:
