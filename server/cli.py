@@ -1,17 +1,28 @@
-"""Command line of the server: ``python main.py --config settings.toml --host H --port P``."""
+"""Command line of the server: ``python main.py --config settings.toml --host H --port P``.
+
+:func:`serve` runs the app with aiohttp's ``AppRunner`` rather than ``web.run_app`` so that
+readiness is signalled only once the socket listens, and shutdown runs in a known order: readiness
+drops and systemd hears ``STOPPING=1``, the site stops accepting, Socket.IO clients are
+disconnected, in-flight requests get ``[server] shutdown_timeout``, then every cleanup context
+(sessions' last clips, batch jobs, downloads, temp files) is torn down.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from server.app import create_app
-from server.settings import SettingsError, load_settings
+from server.keys import lifecycle_key
+from server.logs import secrets_of, setup_logging
+from server.settings import Settings, SettingsError, load_settings
 
 _LOGGER = logging.getLogger("server")
 
@@ -33,27 +44,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM; 2 for unusable settings."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     try:
         settings = load_settings(args.config)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         if overrides:
             server = dataclasses.replace(settings.server, **overrides)
             settings = dataclasses.replace(settings, server=server)
+        setup_logging(args.log_level, secrets_of(settings))
         app = create_app(settings)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)
         return 2
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        shutdown_timeout=settings.server.shutdown_timeout,
-        print=None,
-        access_log=None,
-    )
+    try:
+        asyncio.run(serve(app, settings))
+    except OSError as exc:  # typically the port is taken
+        print(
+            f"framehub: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+async def serve(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then shut down in order (see the module docstring)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout)
+    await runner.setup()
+    lifecycle = app[lifecycle_key]
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        await site.start()
+        _LOGGER.info("listening on %s:%d", settings.server.host, settings.server.port)
+        lifecycle.ready()
+        await stop.wait()
+    finally:
+        lifecycle.stop()
+        await runner.cleanup()
+        lifecycle.notifier.close()
+        _LOGGER.info("stopped")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from server.errors import FramehubError
@@ -42,6 +43,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"method {request.method} not allowed for {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         return error_response(exc.status, message, **headers)
+    except HttpProcessingError as exc:  # e.g. a malformed multipart body
+        reason = " ".join(str(exc.message).split()) or "malformed request"
+        return error_response(400, f"malformed request body: {reason}")
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:

@@ -10,14 +10,21 @@ true``, so ``<img>`` dashboards keep showing something. ``GET /{repo}/video.mjpg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp_session import get_session
+from aiohttp_session import STORAGE_KEY, get_session
 
 from server.errors import FramehubError, InvalidParameter, RepositoryNotFound
-from server.keys import placeholder_key, repository_store_key, settings_key
+from server.keys import (
+    lifecycle_key,
+    metrics_key,
+    placeholder_key,
+    repository_store_key,
+    settings_key,
+)
 from server.store.repositories import Frame, RepositoryStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -27,6 +34,8 @@ CURSORS = "cursors"
 # Cursors of the most recently used repositories only, so the cookie stays far below 4 KB.
 MAX_CURSORS = 16
 MJPEG_BOUNDARY = "framehubframe"
+# More digits than any repository has frames; also keeps int() clear of its 4300-digit limit.
+MAX_INDEX_DIGITS = 18
 
 
 async def list_repositories(request: web.Request) -> web.Response:
@@ -61,7 +70,13 @@ async def next_frame(request: web.Request) -> web.StreamResponse:
     while len(cursors) > MAX_CURSORS:
         cursors.pop(next(iter(cursors)))
     session[CURSORS] = cursors
-    return await _frame_response(store, frame)
+    request.app[metrics_key].camera_frames_served.labels("video.jpg").inc()
+    response = await _frame_response(store, frame)
+    if not isinstance(response, web.Response):
+        # aiohttp-session saves only into web.Response, so a FileResponse would never move the
+        # cursor: https://github.com/aio-libs/aiohttp-session/issues/640
+        await request[STORAGE_KEY].save_session(request, response, session)
+    return response
 
 
 async def frame_by_index(request: web.Request) -> web.StreamResponse:
@@ -69,11 +84,14 @@ async def frame_by_index(request: web.Request) -> web.StreamResponse:
     store = request.app[repository_store_key]
     repo = await store.lookup(request.match_info["repo"])
     raw = request.match_info["index"]
-    if not raw.isdigit():
+    # str.isdigit() alone also passes "²" (which int() refuses) and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_INDEX_DIGITS:
         raise InvalidParameter(f"frame index must be a whole number from 0, not {raw!r}")
     if repo.status != "available":
         return _placeholder(request)
-    return await _frame_response(store, store.frame_at(repo, int(raw)))
+    frame = store.frame_at(repo, int(raw))
+    request.app[metrics_key].camera_frames_served.labels("frames").inc()
+    return await _frame_response(store, frame)
 
 
 async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
@@ -95,13 +113,17 @@ async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
     interval = 1.0 / fps
     cursor = 0
     deadline = loop.time()
+    metrics = request.app[metrics_key]
+    stopping = request.app[lifecycle_key].stopping
+    metrics.mjpeg_viewers.inc()
     try:
-        while True:
+        while not stopping.is_set():
             frame, cursor = await _stream_position(store, repo.name, cursor)
             if frame is None:
                 body, content_type = request.app[placeholder_key], "image/jpeg"
             else:
                 body, content_type = await store.read_frame(frame), frame.content_type
+                metrics.camera_frames_served.labels("video.mjpg").inc()
             await response.write(
                 (
                     f"--{MJPEG_BOUNDARY}\r\nContent-Type: {content_type}\r\n"
@@ -111,9 +133,13 @@ async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
                 + b"\r\n"
             )
             deadline = max(deadline + interval, loop.time())
-            await asyncio.sleep(deadline - loop.time())
+            # Waiting on the stopping event rather than sleeping ends streams at once on shutdown.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), deadline - loop.time())
     except (ConnectionResetError, ConnectionError):
         _LOGGER.debug("mjpeg viewer of %s left", repo.name)
+    finally:
+        metrics.mjpeg_viewers.dec()
     return response
 
 

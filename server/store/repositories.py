@@ -34,6 +34,7 @@ from server.errors import (
     RepositoryNotFound,
 )
 from server.media.images import write_demo_repository
+from server.metrics import Metrics
 from server.settings import Settings
 from server.store.archives import ArchiveBudget, extract_images, is_image_name
 from server.store.frame_cache import FrameCache, FrameKey
@@ -125,7 +126,10 @@ def list_frames(folder: Path) -> list[Frame]:
 class RepositoryStore:
     """The index of repositories and their downloads, owned by the app (see ``server.app``)."""
 
-    def __init__(self, settings: Settings, client: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: Settings, client: aiohttp.ClientSession, metrics: Metrics | None = None
+    ) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings.repositories
         self.root = settings.repositories_dir
         self._client = client
@@ -322,28 +326,37 @@ class RepositoryStore:
 
     async def _download(self, repo: Repository) -> None:
         work = self._work_dir / f"{repo.name}-{os.getpid()}-{id(repo):x}"
+        error: str | None = None
         try:
             await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
             archive = work / "archive"
             await self._fetch_archive(repo, archive)
             report = await asyncio.to_thread(extract_images, archive, work / "tree", self._budget)
             await asyncio.to_thread(_move_into_place, report.root, repo.path)
-            repo.frames = await asyncio.to_thread(list_frames, repo.path)
-            self._mark_available(repo, repo.path)
-            repo.failures = 0
-            _LOGGER.info(
-                "repository %s: downloaded, %d images (%d non-image members skipped)",
-                repo.name,
-                report.images,
-                report.skipped,
-            )
+            frames = await asyncio.to_thread(list_frames, repo.path)
         except (ArchiveRejected, DownloadFailed) as exc:
-            self._mark_failed(repo, str(exc))
+            error = str(exc)
         except OSError as exc:
-            self._mark_failed(repo, f"cannot store repository: {exc.strerror or exc}")
+            error = f"cannot store repository: {exc.strerror or exc}"
         finally:
-            repo.download = None
+            # The outcome is published only once the work folder is gone: a retry reuses its
+            # name, and nobody should see a leftover of a finished download.
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+            repo.download = None
+        if error is not None:
+            self._metrics.repository_downloads.labels("failed").inc()
+            self._mark_failed(repo, error)
+            return
+        self._metrics.repository_downloads.labels("done").inc()
+        repo.frames = frames
+        self._mark_available(repo, repo.path)
+        repo.failures = 0
+        _LOGGER.info(
+            "repository %s: downloaded, %d images (%d non-image members skipped)",
+            repo.name,
+            report.images,
+            report.skipped,
+        )
 
     def _mark_failed(self, repo: Repository, error: str) -> None:
         repo.failures += 1

@@ -1,0 +1,44 @@
+"""Routes for operators: liveness, readiness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.keys import lifecycle_key, metrics_key
+from server.openapi import openapi_document
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the process is alive and its event loop answers."""
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 when listening with the store loaded and not shutting down, else 503."""
+    lifecycle = request.app[lifecycle_key]
+    body = {
+        "ready": lifecycle.is_ready,
+        "listening": lifecycle.listening,
+        "shutting_down": lifecycle.stopping.is_set(),
+    }
+    return web.json_response(body, status=200 if lifecycle.is_ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: every framehub metric in Prometheus text format."""
+    body = generate_latest(request.app[metrics_key].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the OpenAPI 3 description of every HTTP route."""
+    return web.json_response(openapi_document())
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the operator routes."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one app, exposed at ``GET /metrics`` (prometheus_client's text format).
+
+Each app owns its own ``CollectorRegistry`` (no process-global default registry), so tests can
+build many apps side by side. The components count what they do through the :class:`Metrics`
+object they are handed; gauges of current state (sessions, viewers, jobs) read their value when
+scraped. All names start with ``framehub_``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LOGGER = logging.getLogger(__name__)
+
+# How often the event loop is sampled for lag: a sleep of this length that overshoots measures it.
+LAG_SAMPLE_PERIOD = 0.25
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """Every metric framehub exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_received = Counter(
+            "framehub_frames_received", "Live frames taken into a session queue", registry=r
+        )
+        self.frames_rejected = Counter(
+            "framehub_frames_rejected",
+            "Live frames refused (invalid: not an acceptable image; busy: queue full)",
+            ["reason"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "framehub_frames_dropped", "Queued live frames dropped to make room", registry=r
+        )
+        self.clips_encoded = Counter(
+            "framehub_clips_encoded", "Clips encoded", ["codec"], registry=r
+        )
+        self.clip_encode_seconds = Histogram(
+            "framehub_clip_encode_seconds",
+            "Time to encode one clip",
+            ["codec"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.processor_requests = Counter(
+            "framehub_processor_requests",
+            "Requests to analysis APIs, by final outcome",
+            ["processor", "outcome"],
+            registry=r,
+        )
+        self.processor_seconds = Histogram(
+            "framehub_processor_request_seconds",
+            "Time for an analysis API to answer, retries included",
+            ["processor"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.processor_errors = Counter(
+            "framehub_processor_errors",
+            "Failed attempts at analysis APIs, by kind",
+            ["processor", "kind"],
+            registry=r,
+        )
+        self.sessions_connected = Gauge(
+            "framehub_sessions_connected", "Live Socket.IO sessions", registry=r
+        )
+        self.repository_downloads = Counter(
+            "framehub_repository_downloads",
+            "Repository archive downloads, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.camera_frames_served = Counter(
+            "framehub_camera_frames_served",
+            "Frames handed out by the virtual camera",
+            ["endpoint"],
+            registry=r,
+        )
+        self.mjpeg_viewers = Gauge(
+            "framehub_mjpeg_viewers", "Connected video.mjpg viewers", registry=r
+        )
+        self.batch_uploads = Counter(
+            "framehub_batch_uploads", "Batch uploads, by outcome", ["outcome"], registry=r
+        )
+        self.batch_upload_bytes = Counter(
+            "framehub_batch_upload_bytes", "Bytes received by POST /batch", registry=r
+        )
+        self.batch_jobs = Gauge(
+            "framehub_batch_jobs", "Batch jobs known, by status", ["status"], registry=r
+        )
+        self.event_loop_lag = Histogram(
+            "framehub_event_loop_lag_seconds",
+            "How late the event loop wakes a sleeping task",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+
+    async def watch_event_loop(self) -> None:
+        """Until cancelled, sample how late the loop wakes a task; log stalls over 100 ms."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_PERIOD)
+            lag = max(loop.time() - before - LAG_SAMPLE_PERIOD, 0.0)
+            self.event_loop_lag.observe(lag)
+            if lag > 0.1:
+                _LOGGER.warning("event loop stalled for %.0f ms", lag * 1000)
