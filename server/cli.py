@@ -27,11 +27,17 @@ from server.settings import Settings, SettingsError, load_settings
 _LOGGER = logging.getLogger("server")
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="framehub", description="framehub camera frame server")
     parser.add_argument("--config", type=Path, default=Path("settings.toml"), help="settings file")
     parser.add_argument("--host", help="address to listen on (overrides [server] host)")
-    parser.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
+    parser.add_argument("--port", type=_port, help="port to listen on (overrides [server] port)")
     parser.add_argument(
         "--log-level",
         default="INFO",
