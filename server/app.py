@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet
 from server.auth import SOCKETIO_PREFIX, cors_middleware
 from server.handlers import analysis, batch, camera, live, service
 from server.keys import (
+    analysis_executor_key,
     client_session_key,
     encoder_executor_key,
     job_queue_key,
@@ -90,6 +91,14 @@ async def _live_pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     app[session_registry_key] = registry
     yield
     await registry.close(grace=settings.server.shutdown_timeout)
+    await asyncio.to_thread(executor.shutdown, True)
+
+
+async def _analysis_executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    threads = app[settings_key].clips.analysis_threads
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="analysis")
+    app[analysis_executor_key] = executor
+    yield
     await asyncio.to_thread(executor.shutdown, True)
 
 
@@ -209,6 +218,7 @@ def create_app(settings: Settings) -> web.Application:
             _placeholder_ctx,
             _repository_store_ctx,
             _live_pipeline_ctx,
+            _analysis_executor_ctx,
             _job_queue_ctx,
             _watchers_ctx,
         ]

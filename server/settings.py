@@ -192,7 +192,8 @@ class ClipSettings:
         "veryfast", (lambda v: v in _X264_PRESETS, "one of " + ", ".join(_X264_PRESETS))
     )
     h264_crf: int = _setting(23, (lambda v: 0 <= v <= 51, "a whole number from 0 to 51"))
-    encode_threads: int = _setting(2, (_positive, "a whole number above 0"))
+    encode_threads: int = _setting(1, (_positive, "a whole number above 0"))
+    analysis_threads: int = _setting(1, (_positive, "a whole number above 0"))
     max_concurrent_requests: int = _setting(16, (_positive, "a whole number above 0"))
     max_clip_bytes: int = _setting(64 << 20, (_positive, "a number of bytes above 0"))
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from server.errors import FrameRejected
 from server.media.analysis import ClipUnreadable, motion_report, summarize_clip
 from server.media.clips import Codec, encode_clip
-from server.media.frames import FrameInfo, inspect_frame
+from server.media.frames import FrameInfo, frame_info, inspect_frame
 
 SIZE = (160, 120)
 FPS = 15.0
@@ -375,3 +375,24 @@ def test_analysis_refuses_frames_over_max_pixels_before_decoding() -> None:
         summarize_clip(clip, max_pixels=SIZE[0] * SIZE[1] - 1)
     with pytest.raises(ClipUnreadable, match="pixels, over"):
         motion_report(clip, max_pixels=100)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"progressive": True}, {"exif": b"Exif\x00\x00" + b"\x00" * 2000}, {"quality": 5}],
+    ids=["baseline", "progressive", "exif", "low-quality"],
+)
+def test_jpeg_fast_path_reads_the_size_pillow_reads(options: dict[str, Any]) -> None:
+    out = io.BytesIO()
+    picture((123, 77)).save(out, format="JPEG", **options)
+    data = out.getvalue()
+    with Image.open(io.BytesIO(data)) as image:
+        assert frame_info(data) == FrameInfo("JPEG", *image.size)
+
+
+def test_png_fast_path_needs_a_whole_ihdr() -> None:
+    data = encoded(picture((31, 17)), "PNG")
+    assert frame_info(data) == FrameInfo("PNG", 31, 17)
+    broken = data[:29] + b"\x00\x00\x00\x00" + data[33:]  # IHDR with a wrong CRC
+    with pytest.raises(FrameRejected):
+        frame_info(broken)

@@ -7,6 +7,7 @@ multipart field, or a raw ``video/*`` body), decode it in a worker thread and an
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,10 @@ from aiohttp import BodyPartReader, web
 
 from server.errors import FramehubError, PayloadTooLarge
 from server.handlers.bodies import multipart_reader
-from server.keys import settings_key
+from server.keys import analysis_executor_key, settings_key
+
+# Bytes asked for at a time: clips are hundreds of KB, and each read costs the event loop a turn.
+READ_SIZE = 1 << 20
 
 
 async def _read_clip(request: web.Request) -> bytes:
@@ -33,7 +37,7 @@ async def _read_clip(request: web.Request) -> bytes:
 
 async def _read_capped(read: Callable[[int], Any], limit: int) -> bytes:
     data = bytearray()
-    while chunk := await read(1 << 16):
+    while chunk := await read(READ_SIZE):
         data += chunk
         if len(data) > limit:
             raise PayloadTooLarge(f"clip is over the {limit}-byte limit ([clips] max_clip_bytes)")
@@ -46,7 +50,7 @@ async def summary(request: web.Request) -> web.Response:
 
     clip = await _read_clip(request)
     max_pixels = request.app[settings_key].frames.max_pixels
-    return web.json_response(await asyncio.to_thread(summarize_clip, clip, max_pixels))
+    return web.json_response(await _in_executor(request, summarize_clip, clip, max_pixels))
 
 
 async def motion(request: web.Request) -> web.Response:
@@ -55,8 +59,14 @@ async def motion(request: web.Request) -> web.Response:
 
     clip = await _read_clip(request)
     max_pixels = request.app[settings_key].frames.max_pixels
-    report = await asyncio.to_thread(motion_report, clip, max_pixels=max_pixels)
-    return web.json_response(report)
+    job = functools.partial(motion_report, clip, max_pixels=max_pixels)
+    return web.json_response(await _in_executor(request, job))
+
+
+async def _in_executor(request: web.Request, job: Callable[..., Any], *args: Any) -> Any:
+    """Run a decode on the analysis executor: a bounded pool, apart from ingest's threads."""
+    executor = request.app[analysis_executor_key]
+    return await asyncio.get_running_loop().run_in_executor(executor, job, *args)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -110,7 +110,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
             )
             data = data.get("image")
-        return await session.accept(data, client_ts)
+        return session.accept(data, client_ts)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import av
 from av.codec.context import ThreadType
 from av.video.frame import VideoFrame
+from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 from PIL import Image, ImageChops, ImageStat
 
@@ -54,12 +55,13 @@ def summarize_clip(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[st
     """Frame count, duration, size and codec of a clip, read from its decoded frames."""
     frames = 0
     duration = Fraction(0)
-    with _video(data, max_pixels) as (stream, decoded):
+    with _video(data, max_pixels, lowres=True) as (stream, decoded):
+        # The stream's size, not the decoded frames': with lowres they come out smaller.
+        width, height = stream.codec_context.width, stream.codec_context.height
         for frame in decoded:
             frames += 1
             if frame.duration and frame.time_base is not None:
                 duration += frame.duration * frame.time_base
-            width, height = frame.width, frame.height
         codec = stream.codec_context.name
     if frames == 0:
         raise ClipUnreadable("the clip has no decodable video frame")
@@ -78,12 +80,16 @@ def motion_report(
     """Per-frame motion energy of a clip and the frame ranges where it exceeds ``threshold``."""
     energy: list[float] = []
     previous: Image.Image | None = None
-    with _video(data, max_pixels) as (_stream, decoded):
+    # One reformatter for the clip: frame.reformat would build a new scaler for every frame.
+    reformatter = VideoReformatter()
+    with _video(data, max_pixels, lowres=True) as (_stream, decoded):
         for frame in decoded:
             grid_height = max(1, round(MOTION_GRID_WIDTH * frame.height / frame.width))
-            small = frame.reformat(MOTION_GRID_WIDTH, grid_height, "gray")
-            # PyAV's stubs leave to_image without annotations.
-            grey: Image.Image = small.to_image()  # type: ignore[no-untyped-call]
+            small = reformatter.reformat(frame, MOTION_GRID_WIDTH, grid_height, "gray")
+            plane = small.planes[0]
+            grey = Image.frombuffer(
+                "L", (small.width, small.height), bytes(plane), "raw", "L", plane.line_size, 1
+            )
             if previous is None:
                 energy.append(0.0)
             else:
@@ -114,11 +120,15 @@ def _ranges_above(values: list[float], threshold: float) -> list[list[int]]:
 
 
 @contextmanager
-def _video(data: bytes, max_pixels: int) -> Iterator[tuple[VideoStream, Iterator[VideoFrame]]]:
+def _video(
+    data: bytes, max_pixels: int, lowres: bool = False
+) -> Iterator[tuple[VideoStream, Iterator[VideoFrame]]]:
     """The clip's first video stream and an iterator over its decoded frames.
 
     FFmpeg errors while opening or decoding, inside the ``with`` block too, become ClipUnreadable.
     A stream whose declared size is over ``max_pixels`` is refused before any frame is decoded.
+    With ``lowres``, MJPEG frames decode at 1/8 size (FFmpeg's ``lowres``): the built-in analyses
+    need every frame, not every pixel, and this makes them about four times cheaper.
     """
     try:
         with av.open(io.BytesIO(data), "r", format="mp4") as container:
@@ -133,6 +143,8 @@ def _video(data: bytes, max_pixels: int) -> Iterator[tuple[VideoStream, Iterator
                 )
             # Frame threads where the codec has them (h264): decoding is most of the work here.
             stream.codec_context.thread_type = ThreadType.AUTO
+            if lowres and stream.codec_context.name == "mjpeg":
+                stream.codec_context.options = {"lowres": "3"}
             yield stream, container.decode(stream)
     except av.FFmpegError as error:
         raise ClipUnreadable(f"not a decodable MP4 video: {error.strerror}") from None

@@ -74,15 +74,20 @@ def encode_clip(
     *,
     h264_preset: str = "veryfast",
     h264_crf: int = 23,
+    infos: Sequence[FrameInfo] | None = None,
 ) -> EncodedClip:
-    """Encode image files into an in-memory MP4 at ``fps``; the first frame sets the size."""
+    """Encode image files into an in-memory MP4 at ``fps``; the first frame sets the size.
+
+    ``infos`` are the frames' headers when the caller has read them already (live sessions do).
+    """
     if not frames:
         raise ValueError("a clip needs at least one frame")
     if fps <= 0:
         raise ValueError(f"fps must be positive, not {fps}")
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}, expected one of {', '.join(CODECS)}")
-    infos = [frame_info(data) for data in frames]
+    if infos is None or len(infos) != len(frames):
+        infos = [frame_info(data) for data in frames]
     width, height = infos[0].width, infos[0].height
     rate = Fraction(fps).limit_denominator(_MAX_RATE_DENOMINATOR)
     output = io.BytesIO()

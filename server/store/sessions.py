@@ -1,7 +1,7 @@
 """Live sessions: ids handed out by ``GET /get_session_id``, and each connected client's pipeline.
 
 Data flow for one session: ``process`` frames arrive at :meth:`LiveSession.accept`, are checked
-(:func:`server.media.frames.inspect_frame`, in a worker thread) and put, in arrival order, on one
+(:func:`server.media.frames.inspect_frame`, header only) and put, in arrival order, on one
 bounded ``asyncio.Queue``. One encoder task per session (started on the first frame) groups them
 into windows of ``[clips] frames`` (advancing by ``stride``; a partial window is flushed after
 ``max_wait``), encodes each window with :func:`server.media.clips.encode_clip` on the encoder
@@ -95,7 +95,7 @@ class ClipPipeline:
         self.metrics = metrics
         self.clips_encoded = 0
 
-    async def encode(self, frames: list[bytes]) -> EncodedClip:
+    async def encode(self, frames: list[IncomingFrame]) -> EncodedClip:
         """Encode one clip on the encoder executor (PyAV never runs on the event loop)."""
         # Imported on first use: PyAV costs ~17 MB, which a server used only as a camera saves.
         from server.media.clips import encode_clip
@@ -103,11 +103,12 @@ class ClipPipeline:
         clips = self.settings.clips
         job = functools.partial(
             encode_clip,
-            frames,
+            [frame.data for frame in frames],
             clips.fps,
             "h264" if clips.codec == "h264" else "mjpeg",
             h264_preset=clips.h264_preset,
             h264_crf=clips.h264_crf,
+            infos=[frame.info for frame in frames],
         )
         started = time.perf_counter()
         encoded = await asyncio.get_running_loop().run_in_executor(self.executor, job)
@@ -132,7 +133,6 @@ class LiveSession:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(self._settings.frames.queue_size + 1)
         self._encoder: asyncio.Task[None] | None = None
         self._analyses: collections.deque[asyncio.Task[None]] = collections.deque()
-        self._turn: asyncio.Future[None] | None = None
         self._next_number = 0
         self._next_clip = 0
         self._dropped_unreported = 0
@@ -144,12 +144,12 @@ class LiveSession:
         """Whether the encoder task is still running (clips in the making or being analysed)."""
         return self._encoder is not None and not self._encoder.done()
 
-    async def accept(self, data: Any, client_ts: float | None) -> dict[str, Any]:
-        """Check and queue one frame; the answer is the ``process`` acknowledgement."""
-        # python-socketio runs each event in its own task; taking a turn before the first await
-        # keeps frames in arrival order even though the checks run in a thread.
-        previous, turn = self._turn, asyncio.get_running_loop().create_future()
-        self._turn = turn
+    def accept(self, data: Any, client_ts: float | None) -> dict[str, Any]:
+        """Check and queue one frame; the answer is the ``process`` acknowledgement.
+
+        The check reads only the image header (tens of microseconds, less than a hand-off to a
+        thread would cost), so it runs here, and frames keep their arrival order for free.
+        """
         try:
             if not isinstance(data, bytes):
                 raise FrameRejected(
@@ -157,16 +157,12 @@ class LiveSession:
                     '{"image": bytes, "ts": number}'
                 )
             frames = self._settings.frames
-            info = await asyncio.to_thread(inspect_frame, data, frames.max_bytes, frames.max_pixels)
-            if previous is not None:
-                await previous
-            return self._enqueue(data, info, client_ts)
+            info = inspect_frame(data, frames.max_bytes, frames.max_pixels)
         except FrameRejected as exc:
             self.counters.rejected += 1
             self._pipeline.metrics.frames_rejected.labels("invalid").inc()
             return {"ok": False, "error": str(exc)}
-        finally:
-            turn.set_result(None)
+        return self._enqueue(data, info, client_ts)
 
     def _enqueue(self, data: bytes, info: FrameInfo, client_ts: float | None) -> dict[str, Any]:
         if self.closed:
@@ -253,7 +249,7 @@ class LiveSession:
         self._next_clip += 1
         dropped, self._dropped_unreported = self._dropped_unreported, 0
         try:
-            encoded = await self._pipeline.encode([frame.data for frame in window])
+            encoded = await self._pipeline.encode(window)
         except Exception as exc:  # a frame whose header was fine but whose data is not
             _LOGGER.warning("session %s: clip %d could not be encoded: %s", self.sid, clip_id, exc)
             encoded = None
