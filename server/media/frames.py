@@ -2,14 +2,17 @@
 
 A ``process`` event carries the bytes of one image file. :func:`inspect_frame` checks them in the
 order that costs least: the byte count first, then the format and size read from the file's header
-(Pillow parses only the header, the pixels are never decoded), then the pixel count. A frame that
-passes goes to the session's queue and later to :func:`server.media.clips.encode_clip`, which reads
-the same header again with :func:`frame_info` to decide whether a JPEG can be muxed as it is.
+(the pixels are never decoded), then the pixel count. It runs on the event loop, once per frame,
+so JPEG and PNG headers are read by a few lines of our own (:func:`_jpeg_info`, :func:`_png_info`)
+in microseconds; anything else, or anything those are unsure of, goes through Pillow's header
+parsing, which also words the errors. A frame that passes goes to the session's queue and later
+to :func:`server.media.clips.encode_clip` with its :class:`FrameInfo`, which decides whether a
+JPEG can be muxed as it is.
 
 Pillow's ``Image.open`` is not used: it checks sizes against its own process-wide limit
 (``Image.MAX_IMAGE_PIXELS``) and warns with ``DecompressionBombWarning``, which could only be
 silenced with ``warnings.catch_warnings``, a global filter change that is not thread-safe on Python
-3.11 while frames are inspected in several worker threads. Instead the format is found with the
+3.11 (``encode_clip`` reads headers in worker threads too). Instead the format is found with the
 same header tests ``Image.open`` uses (Pillow's plugin registry) and the plugin's image class reads
 the header; ``max_pixels`` is the only size limit, and the message names the claimed size.
 """
