@@ -333,8 +333,16 @@ def build_table(cls: type, table: Any, name: str, where: str) -> Any:
         expected = hints[key]
         if isinstance(expected, types.UnionType):
             expected = next(t for t in typing.get_args(expected) if t is not type(None))
-        converted = _coerce(value, expected, f"{name}.{key}", where)
         check: Check | None = known[key].metadata.get("check")
+        try:
+            converted = _coerce(value, expected, f"{name}.{key}", where)
+        except SettingsError:
+            if check is None or check[0] is bool:
+                raise
+            # The check's wording ("a list of repository names") says more than the type's.
+            raise SettingsError(
+                f"{where}: {name}.{key} must be {check[1]}, not {value!r}"
+            ) from None
         if check is not None and not check[0](converted):
             raise SettingsError(f"{where}: {name}.{key} must be {check[1]}, not {value!r}")
         values[key] = converted
