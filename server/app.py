@@ -20,10 +20,10 @@ import socketio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_session import setup as setup_session
-from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from server.auth import SOCKETIO_PREFIX, cors_middleware
+from server.cursor_cookie import CursorCookieStorage
 from server.handlers import analysis, batch, camera, live, service
 from server.keys import (
     analysis_executor_key,
@@ -199,7 +199,7 @@ def create_app(settings: Settings) -> web.Application:
     app[lifecycle_key] = Lifecycle(Notifier())
     setup_session(
         app,
-        EncryptedCookieStorage(
+        CursorCookieStorage(
             Fernet(cookie_key(settings)),
             cookie_name=COOKIE_NAME,
             max_age=settings.camera.cursor_max_age,

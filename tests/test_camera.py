@@ -117,6 +117,19 @@ async def test_cursor_cookie_is_http_only_and_lax(
     assert "cursors" not in cookie.value  # encrypted, not readable
 
 
+async def test_quoted_cookie_from_an_older_answer_still_moves_the_cursor(
+    framehub: Framehub, make_settings: SettingsFactory, images: Images
+) -> None:
+    client = await camera(framehub, make_settings, images)
+    async with client.get("/cam/video.jpg") as resp:
+        token = resp.cookies[COOKIE_NAME].value
+        assert resp.headers["X-Frame-Name"] == FRAMES[0]
+    client.session.cookie_jar.clear()
+    headers = {"Cookie": f'other=1; {COOKIE_NAME}="{token}"; more=2'}
+    async with client.get("/cam/video.jpg", headers=headers) as resp:
+        assert resp.headers["X-Frame-Name"] == FRAMES[1]
+
+
 async def test_clients_with_separate_jars_have_separate_cursors(
     framehub: Framehub,
     make_settings: SettingsFactory,
