@@ -430,8 +430,3 @@ def load_settings(path: Path) -> Settings:
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from None
     return settings_from_mapping(data, path.resolve().parent, where, source=path)
-
-
-def new_secret_key() -> str:
-    """A fresh Fernet key for the session cookies."""
-    return Fernet.generate_key().decode()

@@ -139,11 +139,6 @@ class LiveSession:
         self.counters = SessionCounters()
         self.closed = False
 
-    @property
-    def busy(self) -> bool:
-        """Whether the encoder task is still running (clips in the making or being analysed)."""
-        return self._encoder is not None and not self._encoder.done()
-
     def accept(self, data: Any, client_ts: float | None) -> dict[str, Any]:
         """Check and queue one frame; the answer is the ``process`` acknowledgement.
 
