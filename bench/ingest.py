@@ -101,8 +101,8 @@ MAX_RSS_DRIFT = 5 * MB
 # The shipped settings.toml's processors: the built-in analysis APIs, called over real HTTP.
 BUILT_IN_PROCESSORS: Tables = {
     "repositories": {"create_demo": False},
-    "processors.summary": {"url": "/analyze/summary"},
-    "processors.motion": {"url": "/analyze/motion"},
+    "processors.summary": {"builtin": "summary"},
+    "processors.motion": {"builtin": "motion"},
 }
 SESSION_ID_NAME = SessionSettings().session_id_name
 

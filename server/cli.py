@@ -1,10 +1,10 @@
 """Command line of the server: ``python main.py --config settings.toml --host H --port P``.
 
 :func:`serve` runs the app with aiohttp's ``AppRunner`` rather than ``web.run_app`` so that
-readiness is signalled only once the socket listens, and shutdown runs in a known order: readiness
-drops and systemd hears ``STOPPING=1``, the site stops accepting, Socket.IO clients are
-disconnected, in-flight requests get ``[server] shutdown_timeout``, then every cleanup context
-(sessions' last clips, batch jobs, downloads, temp files) is torn down.
+readiness is signalled only once the socket listens, and a stop runs in a known order: readiness
+drops and systemd hears ``STOPPING=1``, the site stops accepting, the app's ordered stop (see
+``server.app``) sends every session's last result and ends the batch jobs within ``[server]
+shutdown_timeout``, then every cleanup context (executors, downloads, temp files) is torn down.
 """
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ from aiohttp import web
 
 from server.app import create_app
 from server.keys import lifecycle_key
-from server.logs import secrets_of, setup_logging
+from server.ops.logs import secrets_of, setup_logging
 from server.settings import Settings, SettingsError, load_settings
 
 _LOGGER = logging.getLogger("server")
+
+# tarfile's extraction filters, which the archive checks build on, came in Python 3.11.4.
+MINIMUM_PYTHON = (3, 11, 4)
+# The ordered stop has waited for requests until [server] shutdown_timeout already; aiohttp's own
+# wait afterwards is only for connections to close.
+RUNNER_SHUTDOWN_SLACK = 1.0
 
 
 def _port(text: str) -> int:
@@ -49,7 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server until SIGINT or SIGTERM; 2 for unusable settings."""
+    """Run the server until SIGINT or SIGTERM; 2 for unusable settings or Python."""
+    if sys.version_info < MINIMUM_PYTHON:
+        print(python_too_old(sys.version_info), file=sys.stderr)
+        return 2
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
@@ -74,13 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def python_too_old(version: tuple[object, ...]) -> str:
+    """The one line refusing a Python older than :data:`MINIMUM_PYTHON`."""
+    needed = ".".join(map(str, MINIMUM_PYTHON))
+    found = ".".join(map(str, version[:3]))
+    return (
+        f"framehub: needs Python {needed} or newer (for tarfile's extraction filters), not {found}"
+    )
+
+
 async def serve(app: web.Application, settings: Settings) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down in order (see the module docstring)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SLACK)
     await runner.setup()
     lifecycle = app[lifecycle_key]
     try:
@@ -95,5 +113,4 @@ async def serve(app: web.Application, settings: Settings) -> None:
     finally:
         lifecycle.stop()
         await runner.cleanup()
-        lifecycle.notifier.close()
         _LOGGER.info("stopped")

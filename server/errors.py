@@ -1,6 +1,6 @@
 """The domain errors of framehub, each with the HTTP status it maps to.
 
-Code below the handlers (``store``, ``media``) raises these; ``server.middleware`` turns them into a
+Code below the handlers (``store``, ``media``) raises these; ``server.web.middleware`` turns them into a
 JSON answer ``{"error": message}`` with ``status`` in one place, so handlers stay thin.
 """
 
@@ -93,5 +93,53 @@ class JobNotFound(FramehubError):
 
 class BatchUnavailable(FramehubError):
     """The batch queue is full, the server is stopping, or a job was stopped with it."""
+
+    status = 503
+
+
+class MalformedBody(FramehubError):
+    """A body that does not parse as its Content-Type says."""
+
+    status = 400
+
+
+class MissingUpload(FramehubError):
+    """A multipart body without the file field its route reads."""
+
+    status = 400
+
+
+class UploadIncomplete(FramehubError):
+    """A body that ended (the client went away) before all of it arrived."""
+
+    status = 400
+
+
+class UnknownProcessor(FramehubError):
+    """A processor name that is not configured."""
+
+    status = 400
+
+
+class ClipUnreadable(FramehubError):
+    """Bytes sent for analysis that are not a video we can decode."""
+
+    status = 422
+
+
+class SessionRefused(FramehubError):
+    """A connection whose session id is unknown, expired or already in use."""
+
+    status = 401
+
+
+class TooManyPendingSessions(FramehubError):
+    """The cap on handed-out but unused session ids is reached."""
+
+    status = 503
+
+
+class ServerStopping(FramehubError):
+    """A request for new work (a session id) while the server is stopping."""
 
     status = 503

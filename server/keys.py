@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import socketio
 from aiohttp import web
 
-from server.lifecycle import Lifecycle
-from server.metrics import Metrics
-from server.processors import ProcessorPool
+from server.batch.queue import JobQueue
+from server.live.builtins import BuiltinAnalyses
+from server.live.processors import ProcessorPool
+from server.live.sessions import SessionRegistry
+from server.ops.lifecycle import Lifecycle
+from server.ops.metrics import Metrics
 from server.settings import Settings
-from server.store.jobs import JobQueue
 from server.store.repositories import RepositoryStore
-from server.store.sessions import SessionRegistry
+from server.web.socketio import InFlight
 
 settings_key = web.AppKey("settings", Settings)
 client_session_key = web.AppKey("client_session", aiohttp.ClientSession)
 repository_store_key = web.AppKey("repository_store", RepositoryStore)
 placeholder_key = web.AppKey("placeholder_jpeg", bytes)
 socketio_key = web.AppKey("socketio", socketio.AsyncServer)
-socketio_transports_key = web.AppKey("socketio_transports", set[asyncio.BaseTransport])
+in_flight_key = web.AppKey("in_flight", InFlight)
 encoder_executor_key = web.AppKey("encoder_executor", ThreadPoolExecutor)
-analysis_executor_key = web.AppKey("analysis_executor", ThreadPoolExecutor)
+builtin_analyses_key = web.AppKey("builtin_analyses", BuiltinAnalyses)
 processor_pool_key = web.AppKey("processor_pool", ProcessorPool)
 session_registry_key = web.AppKey("session_registry", SessionRegistry)
 job_queue_key = web.AppKey("job_queue", JobQueue)

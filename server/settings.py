@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
+from server.names import is_valid_repository_name
+
 Check = tuple[Callable[[Any], bool], str]
 
 
@@ -73,8 +75,6 @@ def _fernet_key_or_empty(value: str) -> bool:
 
 
 def _repository_names(value: list[str]) -> bool:
-    from server.store.names import is_valid_repository_name
-
     return all(is_valid_repository_name(name) for name in value)
 
 
@@ -82,10 +82,7 @@ def _identifier(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is not None
 
 
-def _processor_url(value: str) -> bool:
-    return _http_url(value) or (value.startswith("/") and not value.startswith("//"))
-
-
+BUILTIN_KINDS = ("summary", "motion")
 _X264_PRESETS = (
     "ultrafast",
     "superfast",
@@ -177,6 +174,7 @@ class FrameSettings:
     when_full: str = _setting(
         "drop_oldest", (lambda v: v in ("drop_oldest", "reject"), '"drop_oldest" or "reject"')
     )
+    ack_first_pixel: bool = _setting(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +194,9 @@ class ClipSettings:
     analysis_threads: int = _setting(1, (_positive, "a whole number above 0"))
     max_concurrent_requests: int = _setting(16, (_positive, "a whole number above 0"))
     max_clip_bytes: int = _setting(64 << 20, (_positive, "a number of bytes above 0"))
+    timing: str = _setting(
+        "real", (lambda v: v in ("real", "fixed"), '"real" (frame timestamps) or "fixed" (fps)')
+    )
 
     @property
     def step(self) -> int:
@@ -218,10 +219,11 @@ class BatchSettings:
 
 @dataclass(frozen=True, slots=True)
 class ProcessorSettings:
-    """``[processors.NAME]``: one analysis API that receives every clip."""
+    """``[processors.NAME]``: one analysis API that receives every clip: ``url``, or a built-in."""
 
-    url: str = _setting(
-        "", (_processor_url, 'an http(s):// URL, or a path such as "/analyze/summary"')
+    url: str = _setting("", (_http_url_or_empty, "an http:// or https:// URL"))
+    builtin: str = _setting(
+        "", (lambda v: v in ("", *BUILTIN_KINDS), " or ".join(f'"{k}"' for k in BUILTIN_KINDS))
     )
     field: str = _setting("file", (bool, "a form field name"))
     timeout: float = _setting(30.0, (_positive, "a number of seconds above 0"))
@@ -242,7 +244,6 @@ class Settings:
     clips: ClipSettings = field(default_factory=ClipSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     processors: dict[str, ProcessorSettings] = field(default_factory=dict)
-    source: Path | None = None
 
     @property
     def repositories_dir(self) -> Path:
@@ -356,7 +357,7 @@ def _resolve(path: Path, base: Path) -> Path:
 
 
 def settings_from_mapping(
-    data: Mapping[str, Any], base_dir: Path, where: str = "settings", source: Path | None = None
+    data: Mapping[str, Any], base_dir: Path, where: str = "settings"
 ) -> Settings:
     """Build and check :class:`Settings` from parsed TOML; paths are resolved against ``base_dir``."""
     allowed = [*_TABLES, _PROCESSORS_TABLE]
@@ -376,7 +377,7 @@ def settings_from_mapping(
     built["repositories"] = dataclasses.replace(
         repositories, dir=_resolve(repositories.dir, base_dir)
     )
-    settings = Settings(**built, source=source)
+    settings = Settings(**built)
     _check_across_tables(settings, where)
     return settings
 
@@ -391,9 +392,20 @@ def _build_processors(tables: Any, where: str) -> dict[str, ProcessorSettings]:
                 f"{where}: processors.{name} is not a valid processor name "
                 "(letters, digits, '_' or '-', starting with a letter or '_')"
             )
+        url = table.get("url") if isinstance(table, dict) else None
+        if isinstance(url, str) and url.startswith("/"):
+            # Older settings reached the built-ins over this server's own port.
+            raise SettingsError(
+                f"{where}: processors.{name}.url must be an http:// or https:// URL, not {url!r}; "
+                f"for a built-in analysis write builtin = {url.rsplit('/', 1)[-1]!r}"
+            )
         processor = build_table(ProcessorSettings, table, f"processors.{name}", where)
-        if not processor.url:
-            raise SettingsError(f"{where}: processors.{name}.url is required")
+        if bool(processor.url) == bool(processor.builtin):
+            raise SettingsError(
+                f"{where}: processors.{name} needs url (an http:// or https:// URL) or builtin "
+                f"({' or '.join(repr(k) for k in BUILTIN_KINDS)}): it has "
+                + ("both" if processor.url else "neither")
+            )
         processors[name] = processor
     return processors
 
@@ -429,4 +441,4 @@ def load_settings(path: Path) -> Settings:
         raise SettingsError(f"{where}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from None
-    return settings_from_mapping(data, path.resolve().parent, where, source=path)
+    return settings_from_mapping(data, path.resolve().parent, where)

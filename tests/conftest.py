@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw, ImageStat
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from server.app import create_app
-from server.keys import session_registry_key, settings_key
+from server.keys import metrics_key, session_registry_key, settings_key
+from server.live.sessions import SessionRegistry
 from server.settings import Settings, settings_from_mapping
-from server.store.sessions import SessionRegistry
 
 IMAGE_SIZE = (64, 48)
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -555,6 +555,16 @@ class LiveServer:
     def registry(self) -> SessionRegistry:
         """The app's session registry."""
         return self.app[session_registry_key]
+
+    @property
+    def clips_encoded(self) -> int:
+        """Clips encoded so far, of any codec, as ``/metrics`` counts them."""
+        registry = self.app[metrics_key].registry
+        counts = (
+            registry.get_sample_value("framehub_clips_encoded_total", {"codec": codec})
+            for codec in ("h264", "mjpeg")
+        )
+        return int(sum(count or 0 for count in counts))
 
     async def session_id(self, token: str | None = None) -> str:
         """A new id from ``GET /get_session_id`` (the test fails on any other answer)."""

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from PIL import Image
 
-from server.store.archives import ArchiveBudget, extract_images, is_image_name
+from server.names import is_image_name
+from server.store.archives import ArchiveBudget, extract_images
 
 if TYPE_CHECKING:
     from conftest import Framehub, Images, Member, SettingsFactory, TarSource

@@ -28,10 +28,12 @@ from PIL import Image, ImageDraw
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from server.app import create_app
-from server.client import send_batch
+from server.batch.jobs import Job
+from server.batch.queue import NOT_STARTED, RESTARTED, STOPPED
+from server.client.send import send_batch
 from server.errors import InsufficientStorage
 from server.media.probe import NOT_A_VIDEO
-from server.store.jobs import NOT_STARTED, RESTARTED, STOPPED, Job, copy_to_file
+from server.web.bodies import copy_to_file
 
 if TYPE_CHECKING:
     from conftest import Framehub, FramehubClient, SettingsFactory
@@ -751,7 +753,7 @@ async def test_finished_jobs_are_kept_for_keep_seconds(
 async def test_disk_full_is_insufficient_storage() -> None:
     chunks = [b"x" * 4096] * 3
 
-    async def read() -> bytes:
+    async def read(_size: int) -> bytes:
         return chunks.pop() if chunks else b""
 
     # /dev/full fails every write with ENOSPC, as a full disk does.
@@ -759,7 +761,7 @@ async def test_disk_full_is_insufficient_storage() -> None:
         open("/dev/full", "wb", buffering=0) as full,  # noqa: ASYNC230
         pytest.raises(InsufficientStorage, match="no disk space left"),
     ):
-        await copy_to_file(read, full, limit=1 << 20)
+        await copy_to_file(read, full, 1 << 20, lambda: AssertionError("not over the limit"))
 
 
 async def test_framehub_send_batch(batch_app: BatchFactory, videos: Videos) -> None:

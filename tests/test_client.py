@@ -3,7 +3,7 @@ streamed to a running framehub, results printed as JSON lines, a report at the e
 
 Everything is a real part: framehub comes from ``create_app`` on a loopback port with its
 built-in analyses as processors (reached over HTTP), the images come from Pillow and the video is
-written with PyAV; ``server.client.send`` runs in the test's event loop.
+written with PyAV; ``server.client.send.send`` runs in the test's event loop.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import av
 import pytest
 from PIL import Image
 
-from server.client import SendReport, send
+from server.client.send import SendReport, send
 
 if TYPE_CHECKING:
     from conftest import Images, LiveFrames, LiveServer, LiveServerFactory
 
-PROCESSORS = {"summary": {"url": "/analyze/summary", "timeout": 5.0}}
+PROCESSORS = {"summary": {"builtin": "summary", "timeout": 5.0}}
 TOKEN = "client-t0ken"
 # Long enough for the last partial clip (flushed after clips.max_wait, 0.3 s) to be analysed.
 SETTLE = 0.8

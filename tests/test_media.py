@@ -20,8 +20,8 @@ import av
 import pytest
 from PIL import Image, ImageDraw
 
-from server.errors import FrameRejected
-from server.media.analysis import ClipUnreadable, motion_report, summarize_clip
+from server.errors import ClipUnreadable, FrameRejected
+from server.media.analysis import analyse_clip
 from server.media.clips import Codec, encode_clip
 from server.media.frames import FrameInfo, frame_info, inspect_frame
 
@@ -242,7 +242,9 @@ def test_odd_sizes_round_down_to_even_for_h264_only() -> None:
 
 def test_fractional_fps_keeps_exact_duration() -> None:
     clip = encode_clip(jpeg_frames(30), 30000 / 1001, "h264")
-    assert summarize_clip(clip.data)["duration"] == pytest.approx(30 * 1001 / 30000)
+    assert analyse_clip(clip.data, ["summary"])["summary"]["duration"] == pytest.approx(
+        30 * 1001 / 30000
+    )
 
 
 @pytest.mark.parametrize(
@@ -322,7 +324,7 @@ def test_ffmpeg_cli_decodes_the_clip(codec: Codec, frames: Sequence[bytes], tmp_
 @pytest.mark.parametrize("codec", CODECS)
 def test_summarize_clip(codec: Codec) -> None:
     clip = encode_clip(jpeg_frames(9, (96, 64)), 12.0, codec)
-    assert summarize_clip(clip.data) == {
+    assert analyse_clip(clip.data, ["summary"])["summary"] == {
         "frames": 9,
         "duration": pytest.approx(0.75),
         "width": 96,
@@ -334,7 +336,7 @@ def test_summarize_clip(codec: Codec) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 def test_still_clip_has_no_motion(codec: Codec) -> None:
     still = encoded(picture())
-    report = motion_report(encode_clip([still] * 10, FPS, codec).data)
+    report = analyse_clip(encode_clip([still] * 10, FPS, codec).data, ["motion"])["motion"]
     assert report["frames"] == 10
     assert report["energy"][0] == 0.0
     assert max(report["energy"]) < report["threshold"]
@@ -346,10 +348,11 @@ def test_moving_square_gives_one_motion_range(codec: Codec) -> None:
     # Still for 4 frames, moving 6 pixels a frame for 8, still again for 4.
     positions = [10] * 4 + [10 + 6 * step for step in range(1, 9)] + [58] * 4
     frames = [encoded(picture(square_x=x)) for x in positions]
-    report = motion_report(encode_clip(frames, FPS, codec).data)
+    report = analyse_clip(encode_clip(frames, FPS, codec).data, ["motion"])["motion"]
     assert report["frames"] == 16
     assert report["ranges"] == [[4, 11]]
-    assert motion_report(encode_clip(frames, FPS, codec).data, threshold=100.0)["ranges"] == []
+    clip = encode_clip(frames, FPS, codec).data
+    assert analyse_clip(clip, ["motion"], motion_threshold=100.0)["motion"]["ranges"] == []
 
 
 @pytest.mark.parametrize(
@@ -362,19 +365,19 @@ def test_moving_square_gives_one_motion_range(codec: Codec) -> None:
     ],
 )
 def test_analyses_refuse_what_is_not_a_video(data: bytes) -> None:
-    for analyse in (summarize_clip, motion_report):
+    for kind in ("summary", "motion"):
         with pytest.raises(ClipUnreadable, match=r"not a decodable MP4 video|no video") as caught:
-            analyse(data)
+            analyse_clip(data, [kind])
         assert caught.value.status == 422
 
 
 def test_analysis_refuses_frames_over_max_pixels_before_decoding() -> None:
     clip = encode_clip(jpeg_frames(3), 10, "mjpeg").data
-    assert summarize_clip(clip, max_pixels=SIZE[0] * SIZE[1])["frames"] == 3
+    assert analyse_clip(clip, ["summary"], max_pixels=SIZE[0] * SIZE[1])["summary"]["frames"] == 3
     with pytest.raises(ClipUnreadable, match="pixels, over"):
-        summarize_clip(clip, max_pixels=SIZE[0] * SIZE[1] - 1)
+        analyse_clip(clip, ["summary"], max_pixels=SIZE[0] * SIZE[1] - 1)
     with pytest.raises(ClipUnreadable, match="pixels, over"):
-        motion_report(clip, max_pixels=100)
+        analyse_clip(clip, ["motion"], max_pixels=100)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ async def one_result(
     **tables: dict[str, Any],
 ) -> tuple[LiveServer, dict[str, Any]]:
     """framehub with ``processors``: a client sends one clip of two frames; its result."""
-    server = await live_server(processors=processors, clips={"frames": 2}, **tables)
+    tables.setdefault("clips", {"frames": 2})
+    server = await live_server(processors=processors, **tables)
     client = await server.connect()
     for index in range(2):
         assert (await client.process(live_frames.encode(index)))["ok"]
@@ -249,13 +250,14 @@ async def test_requests_are_limited_across_processors(
 # The built-in analyses --------------------------------------------------------------------------
 
 
-async def test_built_in_processors_by_path(
+async def test_built_in_processors_run_in_process(
     live_server: LiveServerFactory, live_frames: LiveFrames
 ) -> None:
     _server, result = await one_result(
         live_server,
         live_frames,
-        {"summary": {"url": "/analyze/summary"}, "motion": {"url": "/analyze/motion"}},
+        {"summary": {"builtin": "summary"}, "motion": {"builtin": "motion"}},
+        clips={"frames": 2, "timing": "fixed"},
     )
     assert result["result"]["summary"] == {
         "frames": 2,

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from server.names import is_valid_repository_name, natural_key
 from server.store.frame_cache import FrameCache, FrameKey
-from server.store.names import is_valid_repository_name
-from server.store.repositories import natural_key
 
 if TYPE_CHECKING:
     from conftest import Framehub, FramehubClient, Images, SettingsFactory, TarSource

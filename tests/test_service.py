@@ -27,10 +27,10 @@ from PIL import Image
 
 from server.app import create_app
 from server.keys import lifecycle_key
-from server.logs import redact
-from server.openapi import openapi_document
+from server.ops.logs import redact
+from server.ops.systemd import Notifier
 from server.settings import settings_from_mapping
-from server.systemd import Notifier
+from server.web.openapi import openapi_document
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 20.0  # seconds any wait in this file may take at most
@@ -157,7 +157,7 @@ def test_sd_notify_ready_watchdog_status_stopping(
     with sock:
         server = start_server(NOTIFY_SOCKET=notify_socket, WATCHDOG_USEC="200000")
         ready = _receive_all(sock, "READY=1")
-        assert any("STATUS=0 sessions" in message for message in ready)
+        assert any("STATUS=0 live sessions" in message for message in ready)
         # The server answers once READY=1 was sent: readiness means listening.
         server.wait_ready()
         pings = _receive_all(sock, "WATCHDOG=1")
@@ -230,7 +230,7 @@ async def test_metrics_count_what_happens(tmp_path: Path, aiohttp_server: Aiohtt
         tmp_path,
         server={"port": port},
         clips={"frames": 2, "max_wait": 0.2},
-        processors={"summary": {"url": "/analyze/summary"}},
+        processors={"summary": {"builtin": "summary"}},
     )
     server = await aiohttp_server(create_app(settings), port=port)
     base = f"http://127.0.0.1:{server.port}"
@@ -282,9 +282,7 @@ def test_secrets_never_reach_the_log(tmp_path: Path, start_server: Any) -> None:
                 "initial": ["cam"],
                 "retry_backoff": 0.0,
             },
-            "processors": {
-                "summary": {"url": "/analyze/summary", "headers": {"X-Key": header_secret}}
-            },
+            "processors": {"summary": {"builtin": "summary", "headers": {"X-Key": header_secret}}},
         }
     )
     server.wait_ready()
@@ -373,7 +371,7 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(
     repository.mkdir(parents=True)
     for index in range(2):
         (repository / f"frame-{index}.jpg").write_bytes(_jpeg((index * 100, 50, 50)))
-    server = start_server({"processors": {"summary": {"url": "/analyze/summary", "timeout": 5.0}}})
+    server = start_server({"processors": {"summary": {"builtin": "summary", "timeout": 5.0}}})
     server.wait_ready()
     checks = ",".join(
         [

@@ -11,8 +11,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from server import settings as settings_module
-from server.secrets_file import SECRET_FILE, cookie_key
 from server.settings import Settings, SettingsError, load_settings
+from server.web.secret_key import SECRET_FILE, cookie_key
 
 if TYPE_CHECKING:
     from conftest import SettingsFactory
@@ -35,7 +35,6 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert settings.repositories.source_url == ""
     assert settings.repositories.initial == []
     assert settings.camera.mjpeg_fps <= settings.camera.mjpeg_max_fps
-    assert settings.source == tmp_path / "settings.toml"
 
 
 def test_shipped_settings_file_loads() -> None:

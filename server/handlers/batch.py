@@ -4,40 +4,39 @@
 token, the ``processes`` asked for, the body's type and its declared length are checked before a
 byte of the body is read (a client that sends ``Expect: 100-continue``, as curl does for large
 files, is refused before it sends anything). The body then streams to a temp file
-(:func:`server.store.jobs.receive_upload`), is probed in a child process
+(:func:`server.batch.uploads.receive_upload`), is probed in a child process
 (:func:`server.media.probe.probe_video`) and becomes a job of the app's
-:class:`~server.store.jobs.JobQueue`. By default the answer waits for the job's result; with
+:class:`~server.batch.queue.JobQueue`. By default the answer waits for the job's result; with
 ``?wait=false`` it is ``202 {"job": ID, "status": "queued"}`` at once, to be followed with
 ``GET /batch/{ID}``.
 """
 
 from __future__ import annotations
 
-import functools
 import mimetypes
 import re
 
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http import HttpVersion11
 
-from server.auth import require_token
+from server.batch.jobs import Job
+from server.batch.uploads import Upload, receive_upload, upload_too_large
 from server.errors import (
     BatchUnavailable,
     FramehubError,
     InvalidParameter,
+    MalformedBody,
+    MissingUpload,
     UnsupportedUpload,
 )
-from server.handlers.bodies import MalformedBody, multipart_reader
 from server.keys import job_queue_key, metrics_key, processor_pool_key, settings_key
 from server.media.probe import probe_video
-from server.store.jobs import Job, Upload, receive_upload, upload_too_large
+from server.web.auth import require_token
+from server.web.bodies import multipart_reader
 
 FILE_FIELD = "file"
 # Multipart framing around the file (boundaries, part headers) allowed on top of max_bytes.
 MULTIPART_OVERHEAD = 64 << 10
-# Bytes asked of the body at a time: whatever is buffered up to this comes back in one call, and
-# the multipart reader finds the boundary with fewer scans.
-READ_SIZE = 1 << 20
 DEFAULT_NAME = "video"
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_LENGTH = 100
@@ -156,18 +155,18 @@ async def _receive(request: web.Request) -> Upload:
     limit = request.app[settings_key].batch.max_bytes
     if request.content_type != "multipart/form-data":
         name = DEFAULT_NAME + (mimetypes.guess_extension(request.content_type) or "")
-        read = functools.partial(request.content.read, READ_SIZE)
-        return await receive_upload(read, folder, limit, name, request.content_type)
+        return await receive_upload(request.content.read, folder, limit, name, request.content_type)
     reader = await multipart_reader(request)
     try:
         async for part in reader:
             if isinstance(part, BodyPartReader) and part.name == FILE_FIELD:
                 name = _safe_name(part.filename)
-                read = functools.partial(part.read_chunk, READ_SIZE)
-                return await receive_upload(read, folder, limit, name, _part_type(part, name))
+                return await receive_upload(
+                    part.read_chunk, folder, limit, name, _part_type(part, name)
+                )
     except ValueError as exc:  # no boundary where the Content-Type says
         raise MalformedBody(f"malformed multipart body: {exc}") from None
-    raise FramehubError(f"no field {FILE_FIELD!r} in the multipart body: {HOW_TO_SEND}")
+    raise MissingUpload(f"no field {FILE_FIELD!r} in the multipart body: {HOW_TO_SEND}")
 
 
 def _safe_name(filename: str | None) -> str:

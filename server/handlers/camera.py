@@ -51,7 +51,10 @@ async def describe_repository(request: web.Request) -> web.Response:
 
 
 async def next_frame(request: web.Request) -> web.StreamResponse:
-    """``GET /{repo}/video.jpg``: the next frame for this client, wrapping at the end."""
+    """``GET /{repo}/video.jpg``: the next frame for this client, wrapping at the end.
+
+    ``HEAD`` describes that frame without taking it: the cursor stays, nothing is counted.
+    """
     store = request.app[repository_store_key]
     name = request.match_info["repo"]
     try:
@@ -66,6 +69,8 @@ async def next_frame(request: web.Request) -> web.StreamResponse:
     frame, following = store.next_frame(repo, position if isinstance(position, int) else 0)
     if frame is None:
         return _placeholder(request)
+    if request.method == "HEAD":
+        return await _frame_response(store, frame)
     cursors[name] = following
     while len(cursors) > MAX_CURSORS:
         cursors.pop(next(iter(cursors)))

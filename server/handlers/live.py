@@ -3,12 +3,15 @@
 ``GET /get_session_id`` hands out an id; a client connects to ``/socket.io/`` with it (query
 parameter ``[sessions] session_id_name`` or the ``auth`` dict) and streams frames as ``process``
 events. :class:`LiveNamespace` only translates: per-connection state lives in the
-:class:`server.store.sessions.SessionRegistry`, keyed by sid, never on the namespace.
+:class:`server.live.sessions.SessionRegistry`, keyed by sid, never on the namespace.
+
+A generated id is announced in a ``session`` event from a task started by ``on_connect``:
+python-socketio sends the connect packet as soon as the handler returns, before that task first
+runs, so the event always reaches a connected client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,15 +19,12 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from server.auth import bearer_token, require_token, token_matches
 from server.errors import FramehubError
 from server.keys import processor_pool_key, session_registry_key, settings_key
-from server.processors import public_description
+from server.live.processors import public_description
+from server.web.auth import bearer_token, require_token, token_matches
 
 _LOGGER = logging.getLogger(__name__)
-
-# How long the `session` announcement waits for the connection to be complete.
-ANNOUNCE_WAIT = 5.0
 
 
 async def get_session_id(request: web.Request) -> web.Response:
@@ -36,14 +36,12 @@ async def get_session_id(request: web.Request) -> web.Response:
 
 async def options(request: web.Request) -> web.Response:
     """``GET /options``: the processor names (the seed's shape) and their public details."""
-    settings = request.app[settings_key]
     pool = request.app[processor_pool_key]
     return web.json_response(
         {
             "processes": list(pool.processors),
             "processors": [
-                public_description(name, processor, settings)
-                for name, processor in pool.processors.items()
+                public_description(name, processor) for name, processor in pool.processors.items()
             ],
         }
     )
@@ -80,16 +78,10 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         _LOGGER.info("session %s… connected as %s", session.session_id[:8], sid)
         if session_id is None:
-            self.server.start_background_task(self._announce, sid, session.session_id)
-
-    async def _announce(self, sid: str, session_id: str) -> None:
-        """Send a generated id as a ``session`` event once the connection is complete."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ANNOUNCE_WAIT
-        # python-socketio offers no "connected" hook for a handler to await, so poll, briefly.
-        while not self.server.manager.is_connected(sid, "/") and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-        await self.emit("session", {"session_id": session_id}, to=sid)
+            # Runs after the connect packet is sent (see the module docstring).
+            self.server.start_background_task(
+                self.emit, "session", {"session_id": session.session_id}, to=sid
+            )
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         _LOGGER.info("session of %s disconnected (%s)", sid, reason or "client")
@@ -103,14 +95,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         session = self._app[session_registry_key].get(sid)
         if session is None:
             return {"ok": False, "error": "no live session for this connection"}
-        client_ts = None
-        if isinstance(data, dict):
-            ts = data.get("ts")
-            client_ts = (
-                float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
-            )
-            data = data.get("image")
-        return session.accept(data, client_ts)
+        return await session.process(data)
 
 
 def setup_routes(app: web.Application) -> None:

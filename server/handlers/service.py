@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.keys import lifecycle_key, metrics_key
-from server.openapi import openapi_document
+from server.web.openapi import openapi_document
 
 
 async def healthz(request: web.Request) -> web.Response:

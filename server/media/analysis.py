@@ -1,27 +1,30 @@
-"""The built-in analysis APIs: what ``POST /analyze/summary`` and ``POST /analyze/motion`` compute.
+"""The built-in analyses: what the ``summary`` and ``motion`` processors compute from a clip.
 
-Each takes the bytes of a clip as an external analysis API would get them and decodes it with
-PyAV, so the whole pipeline runs without another service. The clip is opened as MP4 (the only
-container framehub writes) rather than probed, so that bytes from the network can never select a
-playlist or concat demuxer that would open other files or URLs. Frames are decoded one at a time
-and dropped after use; only small numbers are kept.
+:func:`analyse_clip` decodes a clip once, with PyAV, and feeds every frame to each analysis asked
+for, so that both built-ins together cost one decode. Bytes (a live clip, an upload to
+``/analyze/*``) are opened as MP4, the only container framehub writes, rather than probed, so that
+bytes from the network can never select a playlist or concat demuxer that would open other files
+or URLs; a batch upload on disk, already checked by :mod:`server.media.probe`, is opened with the
+probe's own list of containers. Frames are dropped after use; only small numbers are kept.
 
-- :func:`summarize_clip` counts the decoded frames and adds up the durations of their samples.
-- :func:`motion_report` turns each frame into a small grey picture (FFmpeg scales and drops the
-  colour in one step) and measures how far it is from the previous one with Pillow, since numpy is
-  not a dependency: the mean absolute difference in grey levels (0 to 255). Runs of frames above
-  the threshold are reported as ranges of frame indices.
+- ``summary`` counts the decoded frames and adds up the durations of their samples.
+- ``motion`` turns each frame into a small grey picture (FFmpeg scales and drops the colour in one
+  step) and measures how far it is from the previous one with Pillow, since numpy is not a
+  dependency: the mean absolute difference in grey levels (0 to 255). Runs of frames above the
+  threshold are reported as ranges of frame indices.
 
-Bytes that are not a decodable video raise :class:`ClipUnreadable` (HTTP 422).
+A source that is not a decodable video raises :class:`~server.errors.ClipUnreadable` (HTTP 422).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import av
 from av.codec.context import ThreadType
@@ -30,7 +33,9 @@ from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 from PIL import Image, ImageChops, ImageStat
 
-from server.errors import FramehubError
+from server.errors import ClipUnreadable
+from server.media.probe import VIDEO_OPEN_OPTIONS
+from server.settings import BUILTIN_KINDS
 
 # Width of the grey picture motion is measured on: enough to see a moving object, small enough
 # that compression noise averages out and the comparison costs next to nothing.
@@ -39,71 +44,107 @@ MOTION_GRID_WIDTH = 64
 # a still scene stays well below 1; an object of a few percent of the picture moving clears 1.
 MOTION_THRESHOLD = 1.0
 _ENERGY_DECIMALS = 3
-
-
 # Frames larger than this are refused before decoding (4096x4096, as ``[frames] max_pixels``).
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
-class ClipUnreadable(FramehubError):
-    """Bytes sent for analysis that are not a video we can decode."""
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """What the clip's header says of its video stream."""
 
-    status = 422
+    width: int
+    height: int
+    codec: str
 
 
-def summarize_clip(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """Frame count, duration, size and codec of a clip, read from its decoded frames."""
-    frames = 0
-    duration = Fraction(0)
-    with _video(data, max_pixels, lowres=True) as (stream, decoded):
+class _Analysis(Protocol):
+    def add(self, frame: VideoFrame) -> None: ...
+
+    def answer(self, stream: _Stream) -> dict[str, Any]: ...
+
+
+class _Summary:
+    """Frame count, duration, size and codec, read from the decoded frames."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.duration = Fraction(0)
+
+    def add(self, frame: VideoFrame) -> None:
+        self.frames += 1
+        if frame.duration and frame.time_base is not None:
+            self.duration += frame.duration * frame.time_base
+
+    def answer(self, stream: _Stream) -> dict[str, Any]:
         # The stream's size, not the decoded frames': with lowres they come out smaller.
-        width, height = stream.codec_context.width, stream.codec_context.height
+        return {
+            "frames": self.frames,
+            "duration": float(self.duration),
+            "width": stream.width,
+            "height": stream.height,
+            "codec": stream.codec,
+        }
+
+
+class _Motion:
+    """Per-frame motion energy and the frame ranges where it exceeds the threshold."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.energy: list[float] = []
+        self.previous: Image.Image | None = None
+        # One reformatter for the clip: frame.reformat would build a new scaler for every frame.
+        self.reformatter = VideoReformatter()
+
+    def add(self, frame: VideoFrame) -> None:
+        grid_height = max(1, round(MOTION_GRID_WIDTH * frame.height / frame.width))
+        small = self.reformatter.reformat(frame, MOTION_GRID_WIDTH, grid_height, "gray")
+        plane = small.planes[0]
+        grey = Image.frombuffer(
+            "L", (small.width, small.height), bytes(plane), "raw", "L", plane.line_size, 1
+        )
+        if self.previous is None:
+            self.energy.append(0.0)
+        else:
+            difference = ImageChops.difference(grey, self.previous)
+            self.energy.append(round(ImageStat.Stat(difference).mean[0], _ENERGY_DECIMALS))
+        self.previous = grey
+
+    def answer(self, stream: _Stream) -> dict[str, Any]:
+        return {
+            "frames": len(self.energy),
+            "energy": self.energy,
+            "threshold": self.threshold,
+            "ranges": _ranges_above(self.energy, self.threshold),
+        }
+
+
+def analyse_clip(
+    source: bytes | Path,
+    kinds: Sequence[str],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    motion_threshold: float = MOTION_THRESHOLD,
+) -> dict[str, dict[str, Any]]:
+    """``{kind: answer}`` for each of ``kinds`` (``summary``, ``motion``), from one decode."""
+    analyses: dict[str, _Analysis] = {}
+    for kind in kinds:
+        if kind == "summary":
+            analyses[kind] = _Summary()
+        elif kind == "motion":
+            analyses[kind] = _Motion(motion_threshold)
+        else:
+            raise ValueError(f"unknown analysis {kind!r}; known: {', '.join(BUILTIN_KINDS)}")
+    frames = 0
+    with _video(source, max_pixels) as (stream, decoded):
+        # Read before decoding: with lowres, the decoder's size shrinks.
+        header = _Stream(stream.codec_context.width, stream.codec_context.height, stream.name)
         for frame in decoded:
             frames += 1
-            if frame.duration and frame.time_base is not None:
-                duration += frame.duration * frame.time_base
-        codec = stream.codec_context.name
+            for analysis in analyses.values():
+                analysis.add(frame)
     if frames == 0:
         raise ClipUnreadable("the clip has no decodable video frame")
-    return {
-        "frames": frames,
-        "duration": float(duration),
-        "width": width,
-        "height": height,
-        "codec": codec,
-    }
-
-
-def motion_report(
-    data: bytes, threshold: float = MOTION_THRESHOLD, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> dict[str, Any]:
-    """Per-frame motion energy of a clip and the frame ranges where it exceeds ``threshold``."""
-    energy: list[float] = []
-    previous: Image.Image | None = None
-    # One reformatter for the clip: frame.reformat would build a new scaler for every frame.
-    reformatter = VideoReformatter()
-    with _video(data, max_pixels, lowres=True) as (_stream, decoded):
-        for frame in decoded:
-            grid_height = max(1, round(MOTION_GRID_WIDTH * frame.height / frame.width))
-            small = reformatter.reformat(frame, MOTION_GRID_WIDTH, grid_height, "gray")
-            plane = small.planes[0]
-            grey = Image.frombuffer(
-                "L", (small.width, small.height), bytes(plane), "raw", "L", plane.line_size, 1
-            )
-            if previous is None:
-                energy.append(0.0)
-            else:
-                difference = ImageChops.difference(grey, previous)
-                energy.append(round(ImageStat.Stat(difference).mean[0], _ENERGY_DECIMALS))
-            previous = grey
-    if not energy:
-        raise ClipUnreadable("the clip has no decodable video frame")
-    return {
-        "frames": len(energy),
-        "energy": energy,
-        "threshold": threshold,
-        "ranges": _ranges_above(energy, threshold),
-    }
+    return {kind: analysis.answer(header) for kind, analysis in analyses.items()}
 
 
 def _ranges_above(values: list[float], threshold: float) -> list[list[int]]:
@@ -121,17 +162,21 @@ def _ranges_above(values: list[float], threshold: float) -> list[list[int]]:
 
 @contextmanager
 def _video(
-    data: bytes, max_pixels: int, lowres: bool = False
+    source: bytes | Path, max_pixels: int
 ) -> Iterator[tuple[VideoStream, Iterator[VideoFrame]]]:
-    """The clip's first video stream and an iterator over its decoded frames.
+    """The source's first video stream and an iterator over its decoded frames.
 
     FFmpeg errors while opening or decoding, inside the ``with`` block too, become ClipUnreadable.
     A stream whose declared size is over ``max_pixels`` is refused before any frame is decoded.
-    With ``lowres``, MJPEG frames decode at 1/8 size (FFmpeg's ``lowres``): the built-in analyses
-    need every frame, not every pixel, and this makes them about four times cheaper.
+    MJPEG frames decode at 1/8 size (FFmpeg's ``lowres``): the built-in analyses need every frame,
+    not every pixel, and this makes them about four times cheaper.
     """
     try:
-        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        if isinstance(source, Path):
+            container = av.open(str(source), "r", options=VIDEO_OPEN_OPTIONS)
+        else:
+            container = av.open(io.BytesIO(source), "r", format="mp4")
+        with container:
             if not container.streams.video:
                 raise ClipUnreadable("the clip has no video stream")
             stream = container.streams.video[0]
@@ -143,8 +188,9 @@ def _video(
                 )
             # Frame threads where the codec has them (h264): decoding is most of the work here.
             stream.codec_context.thread_type = ThreadType.AUTO
-            if lowres and stream.codec_context.name == "mjpeg":
+            if stream.codec_context.name == "mjpeg":
                 stream.codec_context.options = {"lowres": "3"}
             yield stream, container.decode(stream)
     except av.FFmpegError as error:
-        raise ClipUnreadable(f"not a decodable MP4 video: {error.strerror}") from None
+        what = "video" if isinstance(source, Path) else "MP4 video"
+        raise ClipUnreadable(f"not a decodable {what}: {error.strerror}") from None

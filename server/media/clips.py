@@ -13,8 +13,14 @@
 
 The clip's size is its first frame's; frames of another size are stretched to it. For h264 the
 size is rounded down to even numbers (at least 2), since yuv420p halves both dimensions for
-chroma; mjpeg keeps odd sizes, as JPEG allows them. Frame ``i`` has pts ``i`` in a time base of
-``1/fps``, so a clip of ``n`` frames lasts exactly ``n / fps`` seconds.
+chroma; mjpeg keeps odd sizes, as JPEG allows them.
+
+Timing: without ``timestamps``, frame ``i`` has pts ``i`` in a time base of ``1/fps``, so a clip
+of ``n`` frames lasts exactly ``n / fps`` seconds. With ``timestamps`` (seconds, one per frame:
+when each was taken or arrived), the pts are those times from the first, in a 1/90000 s time base
+(MP4's usual video clock), which makes a variable-rate MP4 whose duration is the real one; each
+frame lasts until the next, the last one as long as the mean interval (``1/fps`` for one frame).
+Times that do not increase (a client clock stepping back) are moved one tick past the previous.
 
 The MP4 is fragmented (``frag_keyframe+empty_moov+delay_moov+default_base_moof``): the muxer
 writes front to back and never seeks back, which is what an in-memory output needs, and
@@ -27,6 +33,7 @@ the output by name, which fails for a file object.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -53,6 +60,35 @@ REENCODED_JPEG_QUALITY = 90
 # fps as a fraction for the time base: 30000/1001 and 29.97 stay exact, and MP4 timescales stay
 # small integers.
 _MAX_RATE_DENOMINATOR = 1001
+# The time base of clips timed by timestamps: 90 kHz, MP4's and MPEG's usual video clock.
+TIMESTAMP_TIME_BASE = Fraction(1, 90_000)
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    """Each frame's pts and duration in ``time_base``."""
+
+    time_base: Fraction
+    pts: list[int]
+    durations: list[int]
+
+    @property
+    def seconds(self) -> float:
+        return float((self.pts[-1] + self.durations[-1] - self.pts[0]) * self.time_base)
+
+
+def _timing(count: int, rate: Fraction, timestamps: Sequence[float] | None) -> _Timing:
+    if timestamps is None:
+        return _Timing(1 / rate, list(range(count)), [1] * count)
+    if len(timestamps) != count:
+        raise ValueError(f"{len(timestamps)} timestamps for {count} frames")
+    ticks: list[int] = []
+    for ts in timestamps:
+        tick = round((ts - timestamps[0]) / TIMESTAMP_TIME_BASE)
+        ticks.append(tick if not ticks or tick > ticks[-1] else ticks[-1] + 1)
+    durations = [after - before for before, after in itertools.pairwise(ticks)]
+    last = round(ticks[-1] / (count - 1)) if count > 1 else round(1 / rate / TIMESTAMP_TIME_BASE)
+    return _Timing(TIMESTAMP_TIME_BASE, ticks, [*durations, max(last, 1)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +111,12 @@ def encode_clip(
     h264_preset: str = "veryfast",
     h264_crf: int = 23,
     infos: Sequence[FrameInfo] | None = None,
+    timestamps: Sequence[float] | None = None,
 ) -> EncodedClip:
     """Encode image files into an in-memory MP4 at ``fps``; the first frame sets the size.
 
-    ``infos`` are the frames' headers when the caller has read them already (live sessions do).
+    ``infos`` are the frames' headers when the caller has read them already (live sessions do);
+    ``timestamps`` time the frames by when they were taken (see the module docstring).
     """
     if not frames:
         raise ValueError("a clip needs at least one frame")
@@ -90,6 +128,7 @@ def encode_clip(
         infos = [frame_info(data) for data in frames]
     width, height = infos[0].width, infos[0].height
     rate = Fraction(fps).limit_denominator(_MAX_RATE_DENOMINATOR)
+    timing = _timing(len(frames), rate, timestamps)
     output = io.BytesIO()
     with av.open(output, "w", format="mp4", options=MP4_OPTIONS) as container:
         if codec == "h264":
@@ -100,12 +139,15 @@ def encode_clip(
             # x264's frame threads (the CLI's default) rather than PyAV's slice threads: more
             # throughput for whole clips, at the cost of latency we do not need here.
             stream.codec_context.thread_type = ThreadType.AUTO
-            _write_h264(container, stream, frames, infos, 1 / rate)
+            # The encoder's clock is the frames' own, so no pts is rounded onto another.
+            stream.codec_context.time_base = stream.time_base = timing.time_base
+            _write_h264(container, stream, frames, infos, timing)
         else:
             stream = container.add_stream("mjpeg", rate=rate)
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuvj420p"
-            _write_mjpeg(container, stream, frames, infos, 1 / rate)
+            stream.time_base = timing.time_base
+            _write_mjpeg(container, stream, frames, infos, timing)
         # Nothing is buffered on the mjpeg path (its encoder is never fed), but flushing is what
         # ends every stream we write.
         container.mux(stream.encode(None))
@@ -115,7 +157,7 @@ def encode_clip(
         width=stream.width,
         height=stream.height,
         codec=codec,
-        duration=len(frames) / fps,
+        duration=timing.seconds,
     )
 
 
@@ -129,7 +171,7 @@ def _write_h264(
     stream: VideoStream,
     frames: Sequence[bytes],
     infos: Sequence[FrameInfo],
-    time_base: Fraction,
+    timing: _Timing,
 ) -> None:
     jpeg_decoder = av.CodecContext.create("mjpeg", "r")
     for index, (data, info) in enumerate(zip(frames, infos, strict=True)):
@@ -142,8 +184,9 @@ def _write_h264(
         # A decoded JPEG is marked as an I picture, and libx264 obeys the mark: every frame would
         # be a keyframe. FFmpeg's CLI clears it too.
         frame.pict_type = PictureType.NONE
-        frame.pts = index
-        frame.time_base = time_base
+        frame.pts = timing.pts[index]
+        frame.duration = timing.durations[index]
+        frame.time_base = timing.time_base
         container.mux(stream.encode(frame))
 
 
@@ -152,7 +195,7 @@ def _write_mjpeg(
     stream: VideoStream,
     frames: Sequence[bytes],
     infos: Sequence[FrameInfo],
-    time_base: Fraction,
+    timing: _Timing,
 ) -> None:
     jpeg_decoder = av.CodecContext.create("mjpeg", "r")
     size = (stream.width, stream.height)
@@ -161,9 +204,9 @@ def _write_mjpeg(
             data = _reencode_jpeg(_decode(jpeg_decoder, data, info, index), size)
         packet = av.Packet(data)
         packet.stream = stream
-        packet.time_base = time_base
-        packet.pts = packet.dts = index
-        packet.duration = 1
+        packet.time_base = timing.time_base
+        packet.pts = packet.dts = timing.pts[index]
+        packet.duration = timing.durations[index]
         # Every JPEG stands alone; unmarked samples would also keep frag_keyframe from cutting.
         packet.is_keyframe = True
         container.mux(packet)

@@ -61,7 +61,7 @@ VIDEO_DEMUXERS = (
     "h264",
     "hevc",
 )
-_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(VIDEO_DEMUXERS)}
+VIDEO_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(VIDEO_DEMUXERS)}
 NOT_A_VIDEO = (
     "not a video file framehub can read: send MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, "
     "ASF/WMV, IVF, NUT or raw H.264/H.265"
@@ -149,7 +149,7 @@ def inspect_video(path: Path, max_pixels: int, max_duration: float) -> VideoInfo
 
     size = path.stat().st_size
     try:
-        container = av.open(str(path), "r", options=_OPEN_OPTIONS)
+        container = av.open(str(path), "r", options=VIDEO_OPEN_OPTIONS)
     except (av.FFmpegError, UnicodeDecodeError):
         raise VideoRejected(NOT_A_VIDEO) from None
     with container:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import ArchiveRejected
+from server.names import is_image_name
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 _COPY_CHUNK = 1 << 20
 
 
@@ -38,11 +38,6 @@ class ExtractionReport:
     root: Path
     images: int
     skipped: int
-
-
-def is_image_name(name: str) -> bool:
-    """True for names ending in .jpg, .jpeg, .png or .webp, in any case."""
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not Path(name).name.startswith(".")
 
 
 def extract_images(archive: Path, destination: Path, budget: ArchiveBudget) -> ExtractionReport:

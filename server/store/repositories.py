@@ -1,13 +1,12 @@
-"""Image repositories: folders of frames kept indexed in memory and downloaded on demand.
+"""Image repositories: folders of frames kept indexed in memory, listed and served.
 
 Data flow: at start :meth:`RepositoryStore.start` scans ``[repositories] dir`` (creating the
 ``demo`` repository on first start) and begins downloading ``initial``. A request names a
 repository; :meth:`RepositoryStore.lookup` validates the name, re-lists the folder when its
 modification time moved (at most once per ``rescan_interval``) and, for a repository that is not
-on disk, starts one shared download task from ``{source_url}/{NAME}.tar`` (``.tar.gz`` on 404).
-The download streams to a temp file with progress, :func:`extract_images` unpacks it in a worker
-thread into a temp folder, and the folder is renamed into place only when complete. A failure
-leaves nothing behind, records why and is retried on a later request after an exponential backoff.
+on disk, starts one shared download task (:class:`server.store.downloads.ArchiveDownloader`). A
+failed download leaves nothing behind, records why and is retried on a later request after an
+exponential backoff.
 
 Frame bytes are read from disk in a worker thread and kept in a :class:`FrameCache`.
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,35 +24,21 @@ from typing import Any, Literal, NamedTuple
 
 import aiohttp
 
-from server.errors import (
-    ArchiveRejected,
-    DownloadFailed,
-    FrameNotFound,
-    InvalidRepositoryName,
-    RepositoryNotFound,
-)
+from server.errors import FramehubError, FrameNotFound, InvalidRepositoryName, RepositoryNotFound
 from server.media.images import write_demo_repository
-from server.metrics import Metrics
+from server.names import image_content_type, is_image_name, is_valid_repository_name, natural_key
+from server.ops.metrics import Metrics
 from server.settings import Settings
-from server.store.archives import ArchiveBudget, extract_images, is_image_name
+from server.store.downloads import ArchiveDownloader
 from server.store.frame_cache import FrameCache, FrameKey
-from server.store.names import is_valid_repository_name
 
 _LOGGER = logging.getLogger(__name__)
 
 Status = Literal["available", "preparing", "failed"]
 
-CONTENT_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-}
 # Work folders live beside the repositories (same filesystem, so the final rename is atomic) under
 # a name no repository can have, since repository names never start with a dot.
 _WORK_DIR = ".incoming"
-_WRITE_CHUNK = 1 << 20
-_DIGITS = re.compile(r"(\d+)")
 
 
 class Frame(NamedTuple):
@@ -101,12 +85,6 @@ class Repository:
         return info
 
 
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key putting ``frame-2`` before ``frame-10``."""
-    parts = _DIGITS.split(name.lower())
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts)
-
-
 def list_frames(folder: Path) -> list[Frame]:
     """The images directly inside ``folder``, in natural order (blocking: call in a thread)."""
     frames = []
@@ -115,7 +93,7 @@ def list_frames(folder: Path) -> list[Frame]:
             if not is_image_name(entry.name) or not entry.is_file(follow_symlinks=False):
                 continue
             stat = entry.stat(follow_symlinks=False)
-            content_type = CONTENT_TYPES[os.path.splitext(entry.name)[1].lower()]
+            content_type = image_content_type(entry.name)
             frames.append(
                 Frame(entry.name, entry.path, stat.st_size, stat.st_mtime_ns, content_type)
             )
@@ -132,17 +110,11 @@ class RepositoryStore:
         self._metrics = metrics or Metrics()
         self._settings = settings.repositories
         self.root = settings.repositories_dir
-        self._client = client
         self._repositories: dict[str, Repository] = {}
         self._root_mtime_ns = -1
         self._root_checked_at = float("-inf")
         self.cache = FrameCache(settings.camera.cache_bytes, settings.camera.cache_max_frame_bytes)
-        self._budget = ArchiveBudget(
-            max_members=self._settings.max_members,
-            max_member_bytes=self._settings.max_member_bytes,
-            max_total_bytes=self._settings.max_total_bytes,
-            max_name_length=self._settings.max_name_length,
-        )
+        self._downloader = ArchiveDownloader(self._settings, client, self._work_dir)
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -325,28 +297,19 @@ class RepositoryStore:
         )
 
     async def _download(self, repo: Repository) -> None:
-        work = self._work_dir / f"{repo.name}-{os.getpid()}-{id(repo):x}"
-        error: str | None = None
+        def progress(fraction: float | None) -> None:
+            repo.progress = fraction
+
         try:
-            await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-            archive = work / "archive"
-            await self._fetch_archive(repo, archive)
-            report = await asyncio.to_thread(extract_images, archive, work / "tree", self._budget)
-            await asyncio.to_thread(_move_into_place, report.root, repo.path)
+            report = await self._downloader.download(repo.name, repo.path, progress)
             frames = await asyncio.to_thread(list_frames, repo.path)
-        except (ArchiveRejected, DownloadFailed) as exc:
-            error = str(exc)
-        except OSError as exc:
-            error = f"cannot store repository: {exc.strerror or exc}"
-        finally:
-            # The outcome is published only once the work folder is gone: a retry reuses its
-            # name, and nobody should see a leftover of a finished download.
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+        except (FramehubError, OSError) as exc:
             repo.download = None
-        if error is not None:
             self._metrics.repository_downloads.labels("failed").inc()
+            error = str(exc) if isinstance(exc, FramehubError) else exc.strerror or str(exc)
             self._mark_failed(repo, error)
             return
+        repo.download = None
         self._metrics.repository_downloads.labels("done").inc()
         repo.frames = frames
         self._mark_available(repo, repo.path)
@@ -370,71 +333,7 @@ class RepositoryStore:
             "repository %s: download failed (%s); next try in %.0f s", repo.name, error, backoff
         )
 
-    async def _fetch_archive(self, repo: Repository, target: Path) -> None:
-        base = self._settings.source_url.rstrip("/")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self._settings.connect_timeout,
-            sock_read=self._settings.read_timeout,
-        )
-        for suffix in (".tar", ".tar.gz"):
-            try:
-                async with self._client.get(f"{base}/{repo.name}{suffix}", timeout=timeout) as resp:
-                    if resp.status == 404 and suffix == ".tar":
-                        continue
-                    if resp.status != 200:
-                        raise DownloadFailed(
-                            f"source answered HTTP {resp.status} for {repo.name}{suffix}"
-                        )
-                    await self._stream_to_file(repo, resp, target)
-                    return
-            except TimeoutError:
-                raise DownloadFailed(
-                    f"source timed out for {repo.name}{suffix} (connect "
-                    f"{self._settings.connect_timeout:g} s, read {self._settings.read_timeout:g} s)"
-                ) from None
-            except aiohttp.ClientConnectorError as exc:
-                raise DownloadFailed(
-                    f"cannot connect to the source: {exc.strerror or exc}"
-                ) from None
-            except aiohttp.ClientError as exc:
-                raise DownloadFailed(f"download of {repo.name}{suffix} broke off: {exc}") from None
-
-    async def _stream_to_file(
-        self, repo: Repository, resp: aiohttp.ClientResponse, target: Path
-    ) -> None:
-        limit = self._settings.max_download_bytes
-        expected = resp.content_length
-        if expected is not None and expected > limit:
-            raise DownloadFailed(f"archive is {expected} bytes, over max_download_bytes ({limit})")
-        received = 0
-        repo.progress = 0.0 if expected else None
-        buffer = bytearray()
-        with await asyncio.to_thread(target.open, "wb") as out:
-            async for chunk in resp.content.iter_chunked(1 << 16):
-                received += len(chunk)
-                if received > limit:
-                    raise DownloadFailed(f"archive is over max_download_bytes ({limit})")
-                buffer += chunk
-                if len(buffer) >= _WRITE_CHUNK:
-                    await asyncio.to_thread(out.write, bytes(buffer))
-                    buffer.clear()
-                if expected:
-                    repo.progress = min(received / expected, 1.0)
-            if buffer:
-                await asyncio.to_thread(out.write, bytes(buffer))
-        if expected is not None and received < expected:
-            raise DownloadFailed(f"archive truncated: got {received} of {expected} bytes")
-
 
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
-
-
-def _move_into_place(source: Path, target: Path) -> None:
-    if target.exists():
-        raise ArchiveRejected(
-            f"folder {target.name!r} appeared while downloading; kept the existing one"
-        )
-    os.rename(source, target)

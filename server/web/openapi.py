@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.store.names import REPOSITORY_NAME
+from server.names import REPOSITORY_NAME
 
 JSON = "application/json"
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -144,21 +144,6 @@ _CLIP_BODY: dict[str, Any] = {
 }
 
 
-def _analysis(summary: str, schema_name: str) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "requestBody": _CLIP_BODY,
-            "responses": {
-                "200": _json({"$ref": f"#/components/schemas/{schema_name}"}, "what was found"),
-                "400": _error("no file in the body"),
-                "413": _error("clip over [clips] max_clip_bytes"),
-                "422": _error("not a video that can be decoded"),
-            },
-        }
-    }
-
-
 _PATHS: dict[str, Any] = {
     "/": {
         "get": {
@@ -268,8 +253,36 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
-    "/analyze/summary": _analysis("Built-in API: frames, duration, size and codec", "ClipSummary"),
-    "/analyze/motion": _analysis("Built-in API: per-frame motion energy", "MotionReport"),
+    "/analyze/{kind}": {
+        "post": {
+            "summary": "Built-in analysis of one clip: summary (frames, duration, size, codec) "
+            "or motion (per-frame motion energy)",
+            "parameters": [
+                {
+                    "name": "kind",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["summary", "motion"]},
+                }
+            ],
+            "requestBody": _CLIP_BODY,
+            "responses": {
+                "200": _json(
+                    {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/ClipSummary"},
+                            {"$ref": "#/components/schemas/MotionReport"},
+                        ]
+                    },
+                    "what was found",
+                ),
+                "400": _error("no file in the body"),
+                "404": _error("no such analysis: kind is summary or motion"),
+                "413": _error("clip over [clips] max_clip_bytes"),
+                "422": _error("not a video that can be decoded"),
+            },
+        }
+    },
     "/batch": {
         "post": {
             "summary": "Analyse a whole video with the processors",

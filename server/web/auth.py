@@ -14,10 +14,10 @@ from aiohttp.typedefs import Handler
 
 from server.errors import Unauthorized
 from server.keys import settings_key
+from server.web.socketio import SOCKETIO_PREFIX
 
 CORS_METHODS = "GET, POST, HEAD, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type"
-SOCKETIO_PREFIX = "/socket.io/"
 
 
 def token_matches(expected: str, presented: str | None) -> bool:

@@ -1,16 +1,17 @@
-"""Live sessions: ids handed out by ``GET /get_session_id``, and each connected client's pipeline.
+"""One live session's pipeline: frames in, clips encoded, analysed, results out in order.
 
-Data flow for one session: ``process`` frames arrive at :meth:`LiveSession.accept`, are checked
-(:func:`server.media.frames.inspect_frame`, header only) and put, in arrival order, on one
-bounded ``asyncio.Queue``. One encoder task per session (started on the first frame) groups them
-into windows of ``[clips] frames`` (advancing by ``stride``; a partial window is flushed after
-``max_wait``), encodes each window with :func:`server.media.clips.encode_clip` on the encoder
-executor, posts the clip to the processors and hands ``{"clip": ..., "result": ...}`` to the
-session's ``emit`` callback. Analyses overlap with the next encode, but results leave in order.
+Data flow for one session: a ``process`` payload arrives at :meth:`LiveSession.process`, is
+checked (:func:`server.media.frames.inspect_frame`, header only, on the loop) and put, in arrival
+order, on one bounded ``asyncio.Queue``. One encoder task per session (started on the first frame)
+groups them into windows of ``[clips] frames`` (advancing by ``stride``; a partial window is
+flushed after ``max_wait``), encodes each window with :func:`server.media.clips.encode_clip` on the
+encoder executor, hands the clip to the processors and passes ``{"clip": ..., "result": ...}`` to
+the session's ``emit`` callback. Analyses overlap with the next encode, but results leave in order.
 
-:class:`SessionRegistry` owns the unused ids (bounded in number, expiring after ``ttl``) and the
-live sessions keyed by Socket.IO ``sid``; ending a session invalidates its id at once, flushes the
-frames already received as a last clip (``[sessions] final_clip``) and then frees everything.
+A session ends in one of two ways (:meth:`LiveSession.close`): with ``flush``, the frames already
+received go out as a last clip and its result is emitted before ``close`` returns; without, all
+work is cancelled. :meth:`LiveSession.stop_taking_frames` is the first step of a server stop: acks
+say ``"stopping": true`` from then on while the last clip is still being made.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ import asyncio
 import collections
 import functools
 import logging
-import secrets
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from server.errors import FramehubError, FrameRejected
-from server.media.frames import FrameInfo, inspect_frame
-from server.metrics import Metrics
-from server.processors import Payload, ProcessorPool
+from server.errors import FrameRejected
+from server.live.processors import Payload, ProcessorPool
+from server.media.frames import FrameInfo, first_pixel, inspect_frame
+from server.ops.metrics import Metrics
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,27 +41,19 @@ _LOGGER = logging.getLogger(__name__)
 # Analyses of one session allowed to run while the next clip is encoded; more would only queue
 # requests at slow APIs while frames pile up.
 MAX_ANALYSES_IN_FLIGHT = 2
-SESSION_ID_BYTES = 24  # 192 random bits
 _END = object()
+FRAME_SHAPE = (
+    'a frame must be the image bytes (JPEG, PNG or WebP) or {"image": bytes, "ts": number}, '
+    "ts in seconds (a Unix time)"
+)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-class TooManyPendingSessions(FramehubError):
-    """The cap on handed-out but unused session ids is reached."""
-
-    status = 503
-
-
-class SessionRefused(FramehubError):
-    """A connection whose session id is unknown, expired or already in use."""
-
-    status = 401
-
-
 @dataclass(slots=True)
 class IncomingFrame:
-    """A checked frame waiting for its clip."""
+    """A checked frame waiting for its clip: its arrival time and the client's timestamp, if it
+    sent one, both as Unix time in seconds."""
 
     number: int
     data: bytes
@@ -76,7 +69,6 @@ class SessionCounters:
     received: int = 0
     rejected: int = 0
     dropped: int = 0
-    clips: int = 0
 
 
 class ClipPipeline:
@@ -93,7 +85,6 @@ class ClipPipeline:
         self.executor = executor
         self.processors = processors
         self.metrics = metrics
-        self.clips_encoded = 0
 
     async def encode(self, frames: list[IncomingFrame]) -> EncodedClip:
         """Encode one clip on the encoder executor (PyAV never runs on the event loop)."""
@@ -109,15 +100,39 @@ class ClipPipeline:
             h264_preset=clips.h264_preset,
             h264_crf=clips.h264_crf,
             infos=[frame.info for frame in frames],
+            timestamps=clip_times(frames) if clips.timing == "real" else None,
         )
         started = time.perf_counter()
         encoded = await asyncio.get_running_loop().run_in_executor(self.executor, job)
-        self.clips_encoded += 1
         self.metrics.clips_encoded.labels(encoded.codec).inc()
         self.metrics.clip_encode_seconds.labels(encoded.codec).observe(
             time.perf_counter() - started
         )
         return encoded
+
+
+def clip_times(frames: list[IncomingFrame]) -> list[float]:
+    """When the clip's frames were taken: the client's timestamps when every frame has one, else
+    the arrival times (one clock per clip, so that the spacing means something)."""
+    client = [frame.client_ts for frame in frames if frame.client_ts is not None]
+    if len(client) == len(frames):
+        return client
+    return [frame.received_at for frame in frames]
+
+
+def parse_payload(payload: Any) -> tuple[bytes, float | None]:
+    """The image bytes and client timestamp of a ``process`` payload; FrameRejected if malformed."""
+    ts: Any = None
+    if isinstance(payload, dict):
+        ts = payload.get("ts")
+        payload = payload.get("image")
+    if not isinstance(payload, bytes):
+        raise FrameRejected(FRAME_SHAPE)
+    if ts is None:
+        return payload, None
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise FrameRejected(f"ts must be a finite number of seconds, not {ts!r}: {FRAME_SHAPE}")
+    return payload, float(ts)
 
 
 class LiveSession:
@@ -136,32 +151,40 @@ class LiveSession:
         self._next_number = 0
         self._next_clip = 0
         self._dropped_unreported = 0
+        self._stopping = False
         self.counters = SessionCounters()
         self.closed = False
 
-    def accept(self, data: Any, client_ts: float | None) -> dict[str, Any]:
-        """Check and queue one frame; the answer is the ``process`` acknowledgement.
+    async def process(self, payload: Any) -> dict[str, Any]:
+        """Take one ``process`` payload; the answer is its acknowledgement.
 
-        The check reads only the image header (tens of microseconds, less than a hand-off to a
-        thread would cost), so it runs here, and frames keep their arrival order for free.
+        The check reads only the image header (microseconds, less than a hand-off to a thread
+        would cost), so it runs here, and frames keep their arrival order for free. Only the
+        optional first pixel (``[frames] ack_first_pixel``) needs a decode, off the loop, after
+        the frame is queued.
         """
+        frames = self._settings.frames
         try:
-            if not isinstance(data, bytes):
-                raise FrameRejected(
-                    "a frame must be the image bytes (JPEG, PNG or WebP) or "
-                    '{"image": bytes, "ts": number}'
-                )
-            frames = self._settings.frames
+            data, client_ts = parse_payload(payload)
             info = inspect_frame(data, frames.max_bytes, frames.max_pixels)
         except FrameRejected as exc:
             self.counters.rejected += 1
             self._pipeline.metrics.frames_rejected.labels("invalid").inc()
             return {"ok": False, "error": str(exc)}
-        return self._enqueue(data, info, client_ts)
+        ack = self._enqueue(data, info, client_ts)
+        if ack["ok"] and frames.ack_first_pixel:
+            loop = asyncio.get_running_loop()
+            try:
+                ack["first_pixel"] = await loop.run_in_executor(None, first_pixel, data, info)
+            except FrameRejected as exc:  # a good header over broken pixels: the clip says so too
+                ack["first_pixel"] = None
+                ack["warning"] = str(exc)
+        return ack
 
     def _enqueue(self, data: bytes, info: FrameInfo, client_ts: float | None) -> dict[str, Any]:
-        if self.closed:
-            return {"ok": False, "error": "the session is ending; frame not taken"}
+        if self._stopping or self.closed:
+            stopping = {"stopping": True} if self._stopping else {}
+            return {"ok": False, **stopping, "error": "the session is ending; frame not taken"}
         frames = self._settings.frames
         if self._queue.qsize() >= frames.queue_size:
             if frames.when_full == "reject":
@@ -180,15 +203,20 @@ class LiveSession:
         self._next_number += 1
         self.counters.received += 1
         self._pipeline.metrics.frames_received.inc()
-        self._queue.put_nowait(IncomingFrame(number, data, info, time.monotonic(), client_ts))
+        self._queue.put_nowait(IncomingFrame(number, data, info, time.time(), client_ts))
         if self._encoder is None:
             self._encoder = asyncio.get_running_loop().create_task(
                 self._encode_loop(), name=f"encoder-{self.sid}"
             )
         return {"ok": True, "frame": number, "size": [info.width, info.height]}
 
+    def stop_taking_frames(self) -> None:
+        """The server is stopping: refuse new frames (acks say ``stopping``), keep the rest."""
+        self._stopping = True
+
     async def close(self, flush: bool) -> None:
-        """Stop taking frames; with ``flush``, frames already received go out as a last clip."""
+        """Stop taking frames; with ``flush``, frames already received go out as a last clip and
+        its result is emitted before this returns."""
         self.closed = True
         if self._encoder is None:
             return
@@ -199,11 +227,14 @@ class LiveSession:
         try:
             await self._encoder
         except asyncio.CancelledError:
-            if not self._encoder.cancelled():
+            # Either the encoder was cancelled above (flush=False), which ends it as wanted, or
+            # this close itself is being cancelled, which must go on up to whoever cancelled it.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise
         finally:
-            for task in self._analyses:
-                task.cancel()
+            for analysis in self._analyses:
+                analysis.cancel()
             await asyncio.gather(*self._analyses, return_exceptions=True)
             self._analyses.clear()
             self._queue = asyncio.Queue()
@@ -248,12 +279,14 @@ class LiveSession:
         except Exception as exc:  # a frame whose header was fine but whose data is not
             _LOGGER.warning("session %s: clip %d could not be encoded: %s", self.sid, clip_id, exc)
             encoded = None
-        self.counters.clips += 1
+        times = clip_times(window)
         clip = {
             "id": clip_id,
             "session_id": self.session_id,
             "first_frame": window[0].number,
             "last_frame": window[-1].number,
+            "first_ts": times[0],
+            "last_ts": times[-1],
             "frames": len(window),
             "duration": encoded.duration if encoded else 0.0,
             "codec": encoded.codec if encoded else self._settings.clips.codec,
@@ -274,10 +307,9 @@ class LiveSession:
         self, clip: dict[str, Any], encoded: EncodedClip | None, previous: asyncio.Task[None] | None
     ) -> None:
         if encoded is None:
-            result: dict[str, Any] = {}
             message: dict[str, Any] = {
                 "clip": clip,
-                "result": result,
+                "result": {},
                 "error": "the clip could not be encoded: a frame's image data is corrupt",
             }
         else:
@@ -286,8 +318,7 @@ class LiveSession:
                 content_type="video/mp4",
                 data=encoded.data,
             )
-            result = await self._pipeline.processors.analyse(payload)
-            message = {"clip": clip, "result": result}
+            message = {"clip": clip, "result": await self._pipeline.processors.analyse(payload)}
         if previous is not None:
             await asyncio.wait({previous})  # results leave in clip order
         if self._settings.sessions.emit_result:
@@ -295,99 +326,3 @@ class LiveSession:
                 await self._emit(message)
             except Exception as exc:  # the client may be gone; its result is simply not delivered
                 _LOGGER.debug("session %s: result not delivered: %s", self.sid, exc)
-
-
-class SessionRegistry:
-    """Unused session ids and live sessions; one per app, see ``server.app``."""
-
-    def __init__(self, settings: Settings, pipeline: ClipPipeline) -> None:
-        self._settings = settings.sessions
-        self.pipeline = pipeline
-        self._pending: dict[str, float] = {}
-        self._live: dict[str, LiveSession] = {}
-        self._ids_in_use: set[str] = set()
-        self._closing: set[asyncio.Task[None]] = set()
-
-    @property
-    def pending_count(self) -> int:
-        """Handed-out ids not yet used (expired ones purged)."""
-        self._purge_expired()
-        return len(self._pending)
-
-    @property
-    def live_count(self) -> int:
-        """Connected sessions."""
-        return len(self._live)
-
-    def issue_id(self) -> str:
-        """A new session id, valid for ``ttl`` seconds until a client connects with it."""
-        self._purge_expired()
-        if len(self._pending) >= self._settings.max_pending:
-            raise TooManyPendingSessions(
-                f"too many unused session ids ({self._settings.max_pending}); connect with one "
-                f"you have or retry after they expire ({self._settings.ttl:g} s)"
-            )
-        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-        self._pending[session_id] = time.monotonic() + self._settings.ttl
-        return session_id
-
-    def _purge_expired(self) -> None:
-        # Ids are issued in time order with one ttl, so the expired ones are at the front.
-        now = time.monotonic()
-        while self._pending:
-            session_id, expires = next(iter(self._pending.items()))
-            if expires > now:
-                break
-            del self._pending[session_id]
-
-    def open(self, sid: str, session_id: str | None, emit: Emit) -> LiveSession:
-        """Start the session of a connecting client; a None id makes a new one when allowed."""
-        if session_id is None:
-            if not self._settings.generate_session_id_on_connect:
-                raise SessionRefused(
-                    f"no session id: get one from GET /get_session_id and connect with "
-                    f"?{self._settings.session_id_name}=ID or auth={{'{self._settings.session_id_name}': ID}}"
-                )
-            session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-        else:
-            self._purge_expired()
-            if session_id in self._ids_in_use:
-                raise SessionRefused("session id already in use by another connection")
-            if self._pending.pop(session_id, None) is None:
-                raise SessionRefused("unknown or expired session id; get a new one")
-        session = LiveSession(session_id, sid, self.pipeline, emit)
-        self._live[sid] = session
-        self._ids_in_use.add(session_id)
-        return session
-
-    def get(self, sid: str) -> LiveSession | None:
-        """The live session of a Socket.IO connection."""
-        return self._live.get(sid)
-
-    def end(self, sid: str) -> None:
-        """End a session: its id is invalid from now; its last clip goes out in the background."""
-        session = self._live.pop(sid, None)
-        if session is None:
-            return
-        self._ids_in_use.discard(session.session_id)
-        task = asyncio.get_running_loop().create_task(
-            session.close(flush=self._settings.final_clip), name=f"close-{sid}"
-        )
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    @property
-    def closing_count(self) -> int:
-        """Sessions ended whose last clip is still being made or analysed."""
-        return len(self._closing)
-
-    async def close(self, grace: float) -> None:
-        """End every session and wait up to ``grace`` seconds for their last clips, then cancel."""
-        for sid in list(self._live):
-            self.end(sid)
-        if not self._closing:
-            return
-        _, pending = await asyncio.wait(set(self._closing), timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)

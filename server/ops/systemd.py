@@ -23,7 +23,11 @@ STATUS_PERIOD = 10.0
 
 
 class Notifier:
-    """Sends sd_notify messages to the socket named in the environment, if any."""
+    """Sends sd_notify messages to the socket named in the environment, if any.
+
+    The socket is opened by :meth:`open` and released by :meth:`close`, both called by the app's
+    cleanup context for it; before and after, every call is a no-op.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
@@ -31,14 +35,17 @@ class Notifier:
         self._address = "\0" + path[1:] if path.startswith("@") else path
         self._socket: socket.socket | None = None
         self.watchdog_interval = _watchdog_interval(environ)
-        if self._address:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._socket.setblocking(False)
 
     @property
     def enabled(self) -> bool:
-        """Whether a notify socket was given."""
+        """Whether a notify socket was given and is open."""
         return self._socket is not None
+
+    def open(self) -> None:
+        """Open the datagram socket, when the environment names one."""
+        if self._address and self._socket is None:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket.setblocking(False)
 
     def notify(self, *fields: str) -> None:
         """Send ``KEY=value`` fields as one datagram; errors are logged, never raised."""

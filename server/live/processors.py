@@ -1,11 +1,14 @@
-"""Fan-out of a clip or video to every configured analysis API (``[processors.NAME]``).
+"""Fan-out of a clip or video to every configured processor (``[processors.NAME]``).
 
-:meth:`ProcessorPool.analyse` posts one payload (bytes in memory, or a file streamed from disk) as
-multipart to each chosen processor concurrently, through the app's one ``ClientSession`` and under a
-global limit of concurrent requests. Each processor answers on its own: connection errors, 5xx and
-429 are retried with exponential backoff (``retries``), a timeout or any other failure becomes
-``{"error": ..., "status": ...}`` for that processor only, so one bad API never holds back the rest.
-JSON answers are passed through; other answers as text, both capped at ``max_response_bytes``.
+:meth:`ProcessorPool.analyse` hands one payload (bytes in memory, or a file streamed from disk) to
+each chosen processor concurrently. A built-in one (``builtin = "summary"``) is called in-process
+(:class:`server.live.builtins.BuiltinAnalyses`, one decode for all the built-ins of a payload).
+An external one gets the payload posted as multipart through the app's one ``ClientSession``,
+under a global limit of concurrent requests. Each processor answers on its own: connection errors,
+5xx and 429 are retried with exponential backoff (``retries``), a timeout or any other failure
+becomes ``{"error": ..., "status": ...}`` for that processor only, so one bad API never holds back
+the rest. JSON answers are passed through; other answers as text, both capped at
+``max_response_bytes``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from server.errors import FramehubError
-from server.metrics import Metrics
+from server.errors import FramehubError, UnknownProcessor
+from server.live.builtins import BuiltinAnalyses
+from server.ops.metrics import Metrics
 from server.settings import ProcessorSettings, Settings
+from server.web.bodies import read_capped
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,12 +37,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 FIRST_BACKOFF = 0.2
 MAX_BACKOFF = 5.0
 MAX_TEXT_IN_ERROR = 200
-
-
-class UnknownProcessor(FramehubError):
-    """A processor name that is not configured."""
-
-    status = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,32 +62,20 @@ class _Failure(Exception):
         self.retry_after: float | None = None
 
 
-def resolve_url(url: str, settings: Settings) -> str:
-    """Absolute URL of a processor; a path such as ``/analyze/summary`` means this server."""
-    if not url.startswith("/"):
-        return url
-    host = settings.server.host
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "[::1]"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.server.port}{url}"
-
-
-def public_description(
-    name: str, processor: ProcessorSettings, settings: Settings
-) -> dict[str, Any]:
+def public_description(name: str, processor: ProcessorSettings) -> dict[str, Any]:
     """What ``GET /options`` tells about a processor: no header values, no credentials in URLs."""
-    parts = urlsplit(resolve_url(processor.url, settings))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host  # urlsplit drops an IPv6 address's brackets
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    url = None
+    if processor.url:
+        parts = urlsplit(processor.url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host  # urlsplit drops an IPv6 address's brackets
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        url = f"{parts.scheme}://{netloc}{parts.path}"
     return {
         "name": name,
-        "url": f"{parts.scheme}://{netloc}{parts.path}",
+        "builtin": processor.builtin or None,
+        "url": url,
         "field": processor.field,
         "timeout": processor.timeout,
         "retries": processor.retries,
@@ -100,12 +87,17 @@ def public_description(
 class ProcessorPool:
     """Posts payloads to the configured processors; one per app, see ``server.app``."""
 
-    def __init__(self, settings: Settings, client: aiohttp.ClientSession, metrics: Metrics) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        client: aiohttp.ClientSession,
+        builtins: BuiltinAnalyses,
+        metrics: Metrics,
+    ) -> None:
         self._metrics = metrics
         self.processors = dict(settings.processors)
-        self._urls = {name: resolve_url(p.url, settings) for name, p in self.processors.items()}
         self._client = client
+        self._builtins = builtins
         self._limit = asyncio.Semaphore(settings.clips.max_concurrent_requests)
 
     def select(self, names: Iterable[str] | None) -> list[str]:
@@ -124,8 +116,45 @@ class ProcessorPool:
     async def analyse(self, payload: Payload, names: Iterable[str] | None = None) -> dict[str, Any]:
         """``{NAME: answer or {"error", "status"}}`` for every chosen processor."""
         chosen = self.select(names)
-        answers = await asyncio.gather(*(self._ask(name, payload) for name in chosen))
-        return dict(zip(chosen, answers, strict=True))
+        builtin = [name for name in chosen if self.processors[name].builtin]
+        remote = [name for name in chosen if not self.processors[name].builtin]
+        answers: dict[str, Any] = {}
+
+        async def ask_builtins() -> None:
+            answers.update(await self._ask_builtins(builtin, payload))
+
+        async def ask(name: str) -> None:
+            answers[name] = await self._ask(name, payload)
+
+        await asyncio.gather(ask_builtins(), *(ask(name) for name in remote))
+        return {name: answers[name] for name in chosen}
+
+    async def _ask_builtins(self, names: list[str], payload: Payload) -> dict[str, Any]:
+        """The built-ins' answers from one in-process decode, under the longest of their
+        timeouts."""
+        if not names:
+            return {}
+        started = time.monotonic()
+        kinds = sorted({self.processors[name].builtin for name in names})
+        timeout = max(self.processors[name].timeout for name in names)
+        source = payload.path if payload.path is not None else (payload.data or b"")
+        try:
+            async with asyncio.timeout(timeout):
+                by_kind = await self._builtins.analyse(source, kinds)
+        except FramehubError as exc:
+            failed: Any = {"error": str(exc), "status": exc.status}
+            by_kind = dict.fromkeys(kinds, failed)
+        except TimeoutError:
+            failed = {"error": f"no answer within the {timeout:g} s timeout", "status": None}
+            by_kind = dict.fromkeys(kinds, failed)
+        seconds = time.monotonic() - started
+        answers = {}
+        for name in names:
+            answers[name] = by_kind[self.processors[name].builtin]
+            ok = not (isinstance(answers[name], dict) and "error" in answers[name])
+            self._metrics.processor_requests.labels(name, "ok" if ok else "error").inc()
+            self._metrics.processor_seconds.labels(name).observe(seconds)
+        return answers
 
     async def _ask(self, name: str, payload: Payload) -> Any:
         processor = self.processors[name]
@@ -134,7 +163,7 @@ class ProcessorPool:
         while True:
             try:
                 async with self._limit:
-                    answer = await self._post(processor, self._urls[name], payload)
+                    answer = await self._post(processor, payload)
                 self._metrics.processor_requests.labels(name, "ok").inc()
                 self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
                 return answer
@@ -157,7 +186,7 @@ class ProcessorPool:
                 attempt += 1
                 await asyncio.sleep(backoff)
 
-    async def _post(self, processor: ProcessorSettings, url: str, payload: Payload) -> Any:
+    async def _post(self, processor: ProcessorSettings, payload: Payload) -> Any:
         form = aiohttp.FormData()
         timeout = aiohttp.ClientTimeout(total=processor.timeout)
         try:
@@ -170,14 +199,14 @@ class ProcessorPool:
                         filename=payload.filename,
                         content_type=payload.content_type,
                     )
-                    return await self._send(processor, url, form, timeout)
+                    return await self._send(processor, form, timeout)
             form.add_field(
                 processor.field,
                 payload.data or b"",
                 filename=payload.filename,
                 content_type=payload.content_type,
             )
-            return await self._send(processor, url, form, timeout)
+            return await self._send(processor, form, timeout)
         except TimeoutError:
             raise _Failure(
                 f"no answer within the {processor.timeout:g} s timeout", "timeout"
@@ -192,12 +221,11 @@ class ProcessorPool:
     async def _send(
         self,
         processor: ProcessorSettings,
-        url: str,
         form: aiohttp.FormData,
         client_timeout: aiohttp.ClientTimeout,
     ) -> Any:
         async with self._client.post(
-            url, data=form, headers=processor.headers, timeout=client_timeout
+            processor.url, data=form, headers=processor.headers, timeout=client_timeout
         ) as resp:
             body = await _read_capped(resp, processor.max_response_bytes)
             text = body.decode(resp.charset or "utf-8", errors="replace")
@@ -218,20 +246,15 @@ class ProcessorPool:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise _Failure(
-            f"answer of {resp.content_length} bytes is over max_response_bytes ({limit})",
-            "too_large",
-            status=resp.status,
+    def too_large() -> _Failure:
+        size = f"of {resp.content_length} bytes " if resp.content_length is not None else ""
+        return _Failure(
+            f"answer {size}is over max_response_bytes ({limit})", "too_large", status=resp.status
         )
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit:
-            raise _Failure(
-                f"answer is over max_response_bytes ({limit})", "too_large", status=resp.status
-            )
-    return bytes(body)
+
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_large()
+    return await read_capped(resp.content.read, limit, too_large)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -34,8 +34,7 @@ from typing import IO, Any
 import aiohttp
 import socketio
 
-from server.store.archives import is_image_name
-from server.store.repositories import natural_key
+from server.names import is_image_name, natural_key
 
 DEFAULT_SERVER = "http://127.0.0.1:7466"
 UPLOAD_CHUNK = 1 << 20
@@ -296,7 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``framehub-send`` and ``python -m server.client``."""
+    """Entry point of ``framehub-send`` and ``python -m server.client.send``."""
     args = parse_args(argv)
     if args.batch is not None:
         return _main_batch(args)

@@ -2,9 +2,11 @@
 
 :class:`Lifecycle` is created by ``create_app``. ``server.cli`` calls :meth:`Lifecycle.ready` once
 the site listens (the cleanup contexts, the repository store among them, have run by then) and
-:meth:`Lifecycle.stop` when SIGTERM or SIGINT arrives, before the runner cleans up. Long-lived
-handlers (MJPEG streams) wait on :attr:`Lifecycle.stopping` so they end at once on shutdown
-instead of holding it up. ``/readyz`` reads :attr:`Lifecycle.is_ready`.
+:meth:`Lifecycle.stop` when SIGTERM or SIGINT arrives; the app's ordered stop calls it too, so a
+test server stopping goes the same way. From :meth:`stop` on, :attr:`Lifecycle.deadline` is when
+the whole stop must be over (``[server] shutdown_timeout`` later). Long-lived handlers (MJPEG
+streams) wait on :attr:`Lifecycle.stopping` so they end at once instead of holding the stop up.
+``/readyz`` reads :attr:`Lifecycle.is_ready`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from server.systemd import Notifier
+from server.ops.systemd import Notifier
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -21,10 +23,12 @@ _LOGGER = logging.getLogger(__name__)
 class Lifecycle:
     """Readiness and shutdown state of the app, mirrored to systemd via sd_notify."""
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, shutdown_timeout: float) -> None:
         self.notifier = notifier
         self.listening = False
         self.stopping = asyncio.Event()
+        self.deadline = float("inf")
+        self._shutdown_timeout = shutdown_timeout
         self.status: Callable[[], str] = lambda: "starting"
 
     @property
@@ -42,6 +46,7 @@ class Lifecycle:
         """Shutdown begins: readiness drops, streams end, systemd hears ``STOPPING=1``."""
         if self.stopping.is_set():
             return
+        self.deadline = asyncio.get_running_loop().time() + self._shutdown_timeout
         self.stopping.set()
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         _LOGGER.info("stopping")
