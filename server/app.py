@@ -6,12 +6,14 @@ lifetime: the HTTP client session, the sd_notify socket, the placeholder image, 
 store, the built-in analyses, the processor pool, the live pipeline, the batch queue and the
 background watchers. ``main.py`` and the tests both build the app here.
 
-A stop (:func:`_stop_in_order`, on shutdown, after aiohttp has closed the listener) goes in this
-order, all within ``[server] shutdown_timeout``: readiness drops; no new session is taken; every
-live session stops taking frames, its last clip is encoded and analysed and the result emitted to
-its still-connected client, while running batch jobs finish (waiting ones fail); only then are
-Socket.IO clients disconnected; last, requests still being answered are waited for. The cleanup
-contexts then release what is left.
+:func:`stop` is the ordered stop, all within ``[server] shutdown_timeout``: readiness drops; no
+new session is taken; every live session stops taking frames (its client's frames are still read,
+and acked ``stopping``), its last clip is encoded and analysed and the result emitted to its
+still-connected client, while running batch jobs finish (waiting ones fail); only then are
+Socket.IO clients disconnected; last, requests still being answered are waited for. ``server.cli``
+runs it once the listener is closed and before aiohttp's own shutdown, which stops reading from
+every connection; it is also the app's first ``on_shutdown`` step, so an app stopped by other means
+(a test server) stops the same way. The cleanup contexts then release what is left.
 """
 
 from __future__ import annotations
@@ -147,10 +149,13 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _stop_in_order(app: web.Application) -> None:
-    """The stop, in the order of the module docstring."""
+async def stop(app: web.Application) -> None:
+    """The ordered stop of the module docstring; later calls return at once."""
     lifecycle = app[lifecycle_key]
+    if lifecycle.stop_begun:
+        return
     lifecycle.stop()
+    lifecycle.stop_begun = True
     await asyncio.gather(
         app[session_registry_key].finish(lifecycle.deadline),
         app[job_queue_key].close(lifecycle.deadline),
@@ -184,7 +189,7 @@ def create_app(settings: Settings) -> web.Application:
     sio.register_namespace(live.LiveNamespace(app))
     sio.attach(app)
     app[socketio_key] = sio
-    app.on_shutdown.append(_stop_in_order)
+    app.on_shutdown.append(stop)
     app.cleanup_ctx.extend(
         [
             _client_session_ctx,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.app import create_app
+from server.app import create_app, stop
 from server.keys import lifecycle_key
 from server.ops.logs import secrets_of, setup_logging
 from server.settings import Settings, SettingsError, load_settings
@@ -95,9 +95,9 @@ def python_too_old(version: tuple[object, ...]) -> str:
 async def serve(app: web.Application, settings: Settings) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then shut down in order (see the module docstring)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop_signal = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_signal.set)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SLACK)
     await runner.setup()
     lifecycle = app[lifecycle_key]
@@ -109,7 +109,12 @@ async def serve(app: web.Application, settings: Settings) -> None:
         # What start-up made (modules, the app, the demo index) lives as long as the process:
         # taking it out of the collector's view keeps full collections short on the event loop.
         gc.freeze()
-        await stop.wait()
+        await stop_signal.wait()
+        # Readiness drops and the listener closes, while connections are still read: the
+        # ordered stop needs its clients' frames acked and its results delivered.
+        lifecycle.stop()
+        await site.stop()
+        await stop(app)
     finally:
         lifecycle.stop()
         await runner.cleanup()

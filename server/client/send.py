@@ -295,7 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``framehub-send`` and ``python -m server.client.send``."""
+    """Entry point of ``framehub-send`` and ``python -m server.client``."""
     args = parse_args(argv)
     if args.batch is not None:
         return _main_batch(args)

@@ -1,1 +1,2 @@
-"""HTTP and Socket.IO handlers: thin adapters between requests and ``server.store``/``server.media``."""
+"""HTTP and Socket.IO handlers, one module per API: thin adapters that read the request, call
+``live``, ``batch``, ``store`` or ``media`` and answer; errors are mapped in ``server.web``."""

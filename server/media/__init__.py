@@ -1,4 +1,2 @@
-"""Pillow and PyAV work: plain synchronous functions with explicit arguments, no aiohttp.
-
-Callers on the event loop run these in a worker thread or process.
-"""
+"""Pillow and PyAV work: plain synchronous functions with explicit arguments, no aiohttp; callers
+on the event loop run them in a worker thread or, for untrusted uploads, a child process."""

@@ -137,7 +137,8 @@ def analyse_clip(
     frames = 0
     with _video(source, max_pixels) as (stream, decoded):
         # Read before decoding: with lowres, the decoder's size shrinks.
-        header = _Stream(stream.codec_context.width, stream.codec_context.height, stream.name)
+        context = stream.codec_context
+        header = _Stream(context.width, context.height, context.name)
         for frame in decoded:
             frames += 1
             for analysis in analyses.values():

@@ -28,6 +28,8 @@ class Lifecycle:
         self.listening = False
         self.stopping = asyncio.Event()
         self.deadline = float("inf")
+        # Set by the app's ordered stop (server.app.stop), which runs once.
+        self.stop_begun = False
         self._shutdown_timeout = shutdown_timeout
         self.status: Callable[[], str] = lambda: "starting"
 

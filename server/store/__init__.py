@@ -1,1 +1,2 @@
-"""State with a lifetime: image repositories, live sessions, batch jobs."""
+"""Image repositories served as virtual cameras: listing and serving, their downloads, archive
+checks and the frame cache."""

@@ -1,0 +1,110 @@
+"""The built-in processors, called in-process: the same answers as ``POST /analyze/*``, no use of
+the server's own port, and batch videos on disk analysed by them too.
+
+framehub comes from ``create_app`` on a loopback port, fed by a python-socketio client. A real
+analysis API beside the built-ins receives the very clip the built-ins analysed, so the test can
+send that clip to the HTTP routes and compare.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import av
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import ClipApiFactory, LiveFrames, LiveServer, LiveServerFactory
+
+BUILTINS = {"summary": {"builtin": "summary"}, "motion": {"builtin": "motion"}}
+
+
+async def post_clip(server: LiveServer, kind: str, clip: bytes) -> dict[str, Any]:
+    form = aiohttp.FormData()
+    form.add_field("file", clip, filename="clip.mp4", content_type="video/mp4")
+    async with server.http.post(f"{server.url}/analyze/{kind}", data=form) as resp:
+        assert resp.status == 200, await resp.text()
+        answer: dict[str, Any] = await resp.json()
+        return answer
+
+
+@pytest.mark.parametrize("codec", ["mjpeg", "h264"])
+async def test_in_process_answers_equal_the_http_routes(
+    live_server: LiveServerFactory,
+    clip_api: ClipApiFactory,
+    live_frames: LiveFrames,
+    codec: str,
+) -> None:
+    copy = await clip_api("copy")
+    server = await live_server(
+        processors={**BUILTINS, "copy": {"url": copy.url, "retries": 0}},
+        clips={"frames": 5, "codec": codec},
+    )
+    client = await server.connect()
+    for index in range(5):
+        assert (await client.process(live_frames.encode(index)))["ok"]
+    (result,) = await client.until_results(1)
+    (received,) = copy.clips
+    for kind in ("summary", "motion"):
+        assert result["result"][kind] == await post_clip(server, kind, received.data)
+    assert result["result"]["summary"]["frames"] == 5
+    assert result["result"]["motion"]["frames"] == 5
+
+
+async def test_options_tell_which_processors_are_built_in(
+    live_server: LiveServerFactory, clip_api: ClipApiFactory
+) -> None:
+    api = await clip_api("api")
+    server = await live_server(processors={**BUILTINS, "api": {"url": api.url}})
+    async with server.http.get(f"{server.url}/options") as resp:
+        processors = {p["name"]: p for p in (await resp.json())["processors"]}
+    assert processors["summary"]["builtin"] == "summary"
+    assert processors["motion"]["builtin"] == "motion"
+    assert processors["summary"]["url"] is None
+    assert processors["api"]["builtin"] is None
+    assert processors["api"]["url"] == api.url
+
+
+async def test_built_ins_need_no_port_of_their_own(
+    live_server: LiveServerFactory, live_frames: LiveFrames
+) -> None:
+    # [server] port 0 used to make the built-ins' URLs point at port 0.
+    server = await live_server(server={"port": 0}, processors=BUILTINS, clips={"frames": 2})
+    assert server.settings.server.port == 0
+    client = await server.connect()
+    for index in range(2):
+        assert (await client.process(live_frames.encode(index)))["ok"]
+    (result,) = await client.until_results(1)
+    assert result["result"]["summary"]["frames"] == 2
+    assert result["result"]["motion"]["frames"] == 2
+
+
+def matroska(frames: int) -> bytes:
+    """A small Matroska video made with PyAV: a container the built-ins' MP4 reader would refuse."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([index * 20 % 256]) * plane.buffer_size)
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+async def test_batch_videos_go_to_the_built_ins_from_disk(live_server: LiveServerFactory) -> None:
+    server = await live_server(processors=BUILTINS)
+    form = aiohttp.FormData()
+    form.add_field("file", matroska(8), filename="match.mkv", content_type="video/x-matroska")
+    async with server.http.post(f"{server.url}/batch", data=form) as resp:
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+    assert answer["result"]["summary"]["frames"] == 8
+    assert answer["result"]["summary"]["codec"] == "mpeg4"
+    assert answer["result"]["motion"]["frames"] == 8
+    assert answer["result"]["motion"]["ranges"] == [[1, 7]]
