@@ -1,12 +1,24 @@
-"""Routes for operators: liveness, readiness, Prometheus metrics and the OpenAPI document."""
+"""Routes for operators: liveness, readiness, Prometheus metrics and the OpenAPI document.
+
+The OpenAPI 3.1 document is data, not code: ``openapi.json``, a file kept beside the handlers it
+describes and shipped as package data. It is read and parsed once, given the installed package's
+version as ``info.version``, and served as it is. The tests check it against the app's router and
+run schemathesis against the running app with it, so a route or answer that drifts from the file
+fails them.
+"""
 
 from __future__ import annotations
+
+import functools
+import json
+from importlib import metadata, resources
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.keys import lifecycle_key, metrics_key
-from server.web.openapi import openapi_document
+
+OPENAPI_FILE = "openapi.json"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -33,7 +45,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """``GET /openapi.json``: the OpenAPI 3 description of every HTTP route."""
-    return web.json_response(openapi_document())
+    return web.Response(text=openapi_document(), content_type="application/json")
+
+
+@functools.cache
+def openapi_document() -> str:
+    """The JSON text of :data:`OPENAPI_FILE` with ``info.version`` the installed framehub's."""
+    text = resources.files("server.handlers").joinpath(OPENAPI_FILE).read_text(encoding="utf-8")
+    document = json.loads(text)
+    document["info"]["version"] = metadata.version("framehub")
+    return json.dumps(document)
 
 
 def setup_routes(app: web.Application) -> None:
