@@ -18,7 +18,9 @@ from server.names import is_image_name
 from server.store.archives import ArchiveBudget, extract_images
 
 if TYPE_CHECKING:
-    from conftest import Framehub, Images, Member, SettingsFactory, TarSource
+    from apps import Framehub, SettingsFactory
+    from common import Images, Member
+    from fakes import TarSource
 
 FRAMES = ["frame-1.jpg", "frame-2.jpg", "frame-10.jpg"]
 BIG_BUDGET = ArchiveBudget(

@@ -1,9 +1,9 @@
 """Batch analysis over HTTP: uploads streamed to disk, probed, fanned out, queued and recovered.
 
-Everything is a real part: videos are written with PyAV into a temp folder, framehub comes from
-``create_app`` behind a test server, and each analysis API is an aiohttp application on a loopback
-port that hashes what it receives (the tests compare the digest with the uploaded file's) and
-decodes it with PyAV. Clients that break off or send malformed requests talk over raw sockets.
+Everything is a real part: videos are written with PyAV into a temp folder (``common``), framehub
+comes from ``create_app`` behind a test server, and each analysis API is a ``fakes.ClipApi`` on a
+loopback port that keeps what it receives (the tests compare its digest with the uploaded file's)
+and decodes it with PyAV. Clients that break off or send malformed requests talk over raw sockets.
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ import asyncio
 import hashlib
 import io
 import json
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import av
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from PIL import Image, ImageDraw
-from pytest_aiohttp import AiohttpClient, AiohttpServer
+from pytest_aiohttp import AiohttpClient
 
+from common import Images, until, write_video
 from server.app import create_app
 from server.batch.jobs import Job
 from server.batch.queue import NOT_STARTED, RESTARTED, STOPPED
@@ -36,7 +32,8 @@ from server.media.probe import NOT_A_VIDEO
 from server.web.bodies import copy_to_file
 
 if TYPE_CHECKING:
-    from conftest import Framehub, FramehubClient, SettingsFactory
+    from apps import Framehub, FramehubClient, SettingsFactory
+    from fakes import ClipApi, ClipApiFactory
 
 SIZE = (160, 120)
 FPS = 25
@@ -58,40 +55,23 @@ class Videos:
         path = self.folder / name
         if path.exists():
             return path
-        options = {"movflags": "faststart"} if faststart else {}
-        background = ((seed * 70) % 256, (seed * 40 + 90) % 256, 60)
-        with av.open(str(path), "w", options=options) as container:
-            stream = container.add_stream("libx264", rate=FPS)
-            stream.width, stream.height = size
-            stream.pix_fmt = "yuv420p"
-            for index in range(SECONDS * FPS):
-                image = Image.new("RGB", size, background)
-                x = (index * 3) % (size[0] - 20)
-                ImageDraw.Draw(image).rectangle([x, 40, x + 20, 60], fill=(250, 250, 250))
-                for packet in stream.encode(video_frame(image)):
-                    container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
-        return path
+        background = Images.colour(seed)
+        pictures = (
+            Images.square((index * 3) % (size[0] - 20), size, background=background)
+            for index in range(SECONDS * FPS)
+        )
+        return write_video(path, pictures, size=size, fps=FPS, faststart=faststart)
 
     def noisy(self, name: str = "noisy.mp4", frames: int = 75) -> Path:
         """An MJPEG MP4 of random pixels, a few MB: large enough to stream in many chunks."""
         path = self.folder / name
         if path.exists():
             return path
-        width, height = 320, 240
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mjpeg", rate=FPS)
-            stream.width, stream.height = width, height
-            stream.pix_fmt = "yuvj420p"
-            stream.codec_context.qmin = stream.codec_context.qmax = 2
-            for _ in range(frames):
-                image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
-                for packet in stream.encode(video_frame(image)):
-                    container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
-        return path
+        size = (320, 240)
+        pictures = (Images.noise(size) for _ in range(frames))
+        return write_video(
+            path, pictures, size=size, fps=FPS, codec="mjpeg", pix_fmt="yuvj420p", quality=2
+        )
 
     def truncated(self, faststart: bool) -> Path:
         """The first half of an MP4, index at the front (faststart) or at the end."""
@@ -102,61 +82,13 @@ class Videos:
         return path
 
 
-def video_frame(image: Image.Image) -> av.VideoFrame:
-    # PyAV's stubs leave from_image without annotations.
-    frame: av.VideoFrame = av.VideoFrame.from_image(image)  # type: ignore[no-untyped-call]
-    return frame
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def decoded_frames(data: bytes) -> int:
-    with av.open(io.BytesIO(data), "r") as container:
-        return len(list(container.decode(video=0)))
-
-
-class AnalysisApi:
-    """A real analysis API: it answers the sha256, size and decoded frame count of each upload.
-
-    ``received`` lists the digests in arrival order. While ``hold`` is clear, answers wait.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.received: list[str] = []
-        self.hold = asyncio.Event()
-        self.hold.set()
-        self.url = ""
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 << 20)
-        app.router.add_post("/analyse", self._analyse)
-        return app
-
-    async def _analyse(self, request: web.Request) -> web.Response:
-        reader = await request.multipart()
-        part = await reader.next()
-        assert isinstance(part, aiohttp.BodyPartReader)
-        assert part.name == "file"
-        data = bytearray()
-        while chunk := await part.read_chunk(1 << 16):
-            data += chunk
-        digest = hashlib.sha256(data).hexdigest()
-        self.received.append(digest)
-        await self.hold.wait()
-        frames = await asyncio.to_thread(decoded_frames, bytes(data))
-        return web.json_response(
-            {
-                "api": self.name,
-                "sha256": digest,
-                "bytes": len(data),
-                "frames": frames,
-                "filename": part.filename,
-                "content_type": part.headers.get("Content-Type"),
-            }
-        )
+def received(api: ClipApi) -> list[str]:
+    """The digests of the files ``api`` received, in arrival order."""
+    return [sha256(clip.data) for clip in api.clips]
 
 
 @pytest.fixture(scope="session")
@@ -165,15 +97,9 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Videos:
 
 
 @pytest.fixture
-async def apis(aiohttp_server: AiohttpServer) -> AsyncIterator[dict[str, AnalysisApi]]:
+async def apis(clip_api: ClipApiFactory) -> dict[str, ClipApi]:
     """Two analysis APIs, ``a`` and ``b``, on loopback ports."""
-    made = {name: AnalysisApi(name) for name in ("a", "b")}
-    for api in made.values():
-        server = await aiohttp_server(api.app())
-        api.url = str(server.make_url("/analyse"))
-    yield made
-    for api in made.values():
-        api.hold.set()
+    return {name: await clip_api(name) for name in ("a", "b")}
 
 
 BatchFactory = Callable[..., Awaitable["FramehubClient"]]
@@ -181,7 +107,7 @@ BatchFactory = Callable[..., Awaitable["FramehubClient"]]
 
 @pytest.fixture
 def batch_app(
-    apis: dict[str, AnalysisApi], framehub: Framehub, make_settings: SettingsFactory
+    apis: dict[str, ClipApi], framehub: Framehub, make_settings: SettingsFactory
 ) -> BatchFactory:
     """``await batch_app(batch={...}, processors={...})``: framehub with the APIs as processors.
 
@@ -241,15 +167,6 @@ async def job_until(client: FramehubClient, job: str, statuses: set[str]) -> dic
     return state
 
 
-async def until(check: Callable[[], bool], what: str) -> None:
-    """Wait, bounded, until ``check()`` is true."""
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still not {what} after {TIMEOUT} s")
-        await asyncio.sleep(0.02)
-
-
 async def raw_request(
     client: TestClient[Any, Any], head: list[str], body: bytes = b""
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -266,16 +183,8 @@ async def status_line(reader: asyncio.StreamReader) -> str:
         return (await reader.readline()).decode().strip()
 
 
-def refused_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_multipart_upload_goes_to_every_processor(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     video = videos.moving("sample.mp4")
     client = await batch_app()
@@ -290,17 +199,19 @@ async def test_multipart_upload_goes_to_every_processor(
         "bytes": video.stat().st_size,
     }
     assert set(answer["result"]) == {"a", "b"}
-    for name, result in answer["result"].items():
+    for name, api in apis.items():
+        result = answer["result"][name]
         assert result["api"] == name
-        assert result["sha256"] == sha256(video)
         assert result["frames"] == SECONDS * FPS
         assert result["filename"] == "sample.mp4"
-        assert result["content_type"] == "video/mp4"
+        (clip,) = api.clips
+        assert (clip.field, clip.content_type) == ("file", "video/mp4")
+        assert sha256(clip.data) == sha256(video.read_bytes())
     assert uploads(client) == []
 
 
 async def test_raw_body_is_streamed_whole(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     video = videos.noisy()
     assert video.stat().st_size > 3 << 20  # many chunks of both the upload and the fan-out
@@ -308,25 +219,25 @@ async def test_raw_body_is_streamed_whole(
     status, answer = await post_video(client, video, raw=True)
     assert status == 200, answer
     assert answer["video"]["codec"] == "mjpeg"
-    for result in answer["result"].values():
-        assert result["sha256"] == sha256(video)
-        assert result["frames"] == 75
-        assert result["filename"] == "video.mp4"
+    for name, api in apis.items():
+        assert received(api) == [sha256(video.read_bytes())]
+        assert answer["result"][name]["frames"] == 75
+        assert answer["result"][name]["filename"] == "video.mp4"
     assert uploads(client) == []
 
 
 async def test_processes_chooses_the_processors(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     client = await batch_app()
     status, answer = await post_video(client, videos.moving("sample.mp4"), "?processes=b")
     assert status == 200, answer
     assert list(answer["result"]) == ["b"]
-    assert apis["a"].received == []
+    assert apis["a"].clips == []
 
 
 async def test_unknown_processor_is_refused_before_the_body(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi]
+    batch_app: BatchFactory, apis: dict[str, ClipApi]
 ) -> None:
     client = await batch_app()
     # Only the head: an answer proves the body was never waited for.
@@ -356,7 +267,7 @@ async def test_unknown_processor_is_refused_before_the_body(
 )
 async def test_not_a_video_is_rejected(
     batch_app: BatchFactory,
-    apis: dict[str, AnalysisApi],
+    apis: dict[str, ClipApi],
     tmp_path: Path,
     content: bytes,
     reason: str,
@@ -366,15 +277,15 @@ async def test_not_a_video_is_rejected(
     client = await batch_app()
     status, answer = await post_video(client, path)
     assert (status, answer) == (422, {"error": reason})
-    assert apis["a"].received == []
+    assert apis["a"].clips == []
     assert uploads(client) == []
 
 
 async def test_image_is_not_a_video(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], tmp_path: Path
+    batch_app: BatchFactory, apis: dict[str, ClipApi], tmp_path: Path
 ) -> None:
     path = tmp_path / "still.jpg"
-    Image.new("RGB", SIZE, (1, 2, 3)).save(path)
+    path.write_bytes(Images.encode(0, size=SIZE))
     client = await batch_app()
     status, answer = await post_video(client, path)
     assert (status, answer["error"]) == (422, NOT_A_VIDEO)
@@ -389,7 +300,7 @@ async def test_image_is_not_a_video(
 )
 async def test_truncated_mp4_is_rejected(
     batch_app: BatchFactory,
-    apis: dict[str, AnalysisApi],
+    apis: dict[str, ClipApi],
     videos: Videos,
     faststart: bool,
     reason: str,
@@ -398,12 +309,12 @@ async def test_truncated_mp4_is_rejected(
     status, answer = await post_video(client, videos.truncated(faststart))
     assert status == 422
     assert answer["error"].startswith(reason)
-    assert apis["a"].received == []
+    assert apis["a"].clips == []
     assert uploads(client) == []
 
 
 async def test_limits_of_duration_and_pixels(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     video = videos.moving("sample.mp4")
     client = await batch_app(batch={"max_duration": 1.5})
@@ -418,11 +329,11 @@ async def test_limits_of_duration_and_pixels(
         422,
         "frames of 160x120 pixels are over [batch] max_pixels (10000 pixels)",
     )
-    assert apis["a"].received == []
+    assert apis["a"].clips == []
 
 
 async def test_probe_that_takes_too_long_is_stopped(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     client = await batch_app(batch={"probe_timeout": 0.001})
     status, answer = await post_video(client, videos.moving("sample.mp4"))
@@ -475,7 +386,7 @@ async def test_expect_continue_only_for_an_upload_that_is_taken(
 
 
 async def test_chunked_body_over_max_bytes_is_cut_off(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi]
+    batch_app: BatchFactory, apis: dict[str, ClipApi]
 ) -> None:
     client = await batch_app(batch={"max_bytes": SMALL_LIMIT})
     sent = 0
@@ -492,7 +403,7 @@ async def test_chunked_body_over_max_bytes_is_cut_off(
             "error": f"the upload is over the {SMALL_LIMIT}-byte limit ([batch] max_bytes)"
         }
     assert uploads(client) == []
-    assert apis["a"].received == []
+    assert apis["a"].clips == []
 
 
 async def test_client_gone_mid_upload_leaves_no_file(
@@ -507,10 +418,10 @@ async def test_client_gone_mid_upload_leaves_no_file(
         f"Content-Length: {len(data)}",
     ]
     _reader, writer = await raw_request(client, head, data[: len(data) // 2])
-    await until(lambda: bool(uploads(client)), "receiving the upload")
+    await until(lambda: uploads(client), "receiving the upload", TIMEOUT)
     writer.close()
     await writer.wait_closed()
-    await until(lambda: uploads(client) == [], "removing the partial upload")
+    await until(lambda: uploads(client) == [], "removing the partial upload", TIMEOUT)
 
 
 async def test_stop_mid_upload_leaves_no_file(
@@ -530,24 +441,25 @@ async def test_stop_mid_upload_leaves_no_file(
     ]
     folder = settings.server.state_dir / "uploads"
     _reader, writer = await raw_request(client, head, data[: len(data) // 2])
-    await until(lambda: any(folder.iterdir()), "receiving the upload")
+    await until(lambda: any(folder.iterdir()), "receiving the upload", TIMEOUT)
     await client.close()
     assert list(folder.iterdir()) == []
     writer.close()
 
 
 async def test_an_api_down_does_not_hold_back_the_others(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos, refused_url: str
 ) -> None:
     processors = {
         "a": {"url": apis["a"].url, "retries": 0},
-        "down": {"url": f"http://127.0.0.1:{refused_port()}/analyse", "retries": 0},
+        "down": {"url": refused_url, "retries": 0},
     }
     client = await batch_app(processors=processors)
     video = videos.moving("sample.mp4")
     status, answer = await post_video(client, video)
     assert status == 200, answer
-    assert answer["result"]["a"]["sha256"] == sha256(video)
+    assert answer["result"]["a"]["filename"] == "sample.mp4"
+    assert received(apis["a"]) == [sha256(video.read_bytes())]
     down = answer["result"]["down"]
     assert down["status"] is None
     assert down["error"].startswith("cannot connect")
@@ -555,10 +467,10 @@ async def test_an_api_down_does_not_hold_back_the_others(
 
 
 async def test_jobs_wait_in_order_beyond_concurrency(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     client = await batch_app(batch={"concurrency": 1}, processors={"a": {"url": apis["a"].url}})
-    apis["a"].hold.clear()
+    apis["a"].gate.clear()
     files = [videos.moving(f"job-{index}.mp4", seed=index) for index in range(3)]
     jobs = []
     for path in files:
@@ -573,24 +485,24 @@ async def test_jobs_wait_in_order_beyond_concurrency(
         assert state["position"] == position
         assert state["video"]["frames"] == SECONDS * FPS
     assert len(uploads(client)) == 3
-    apis["a"].hold.set()
+    apis["a"].gate.set()
     finished = [await job_until(client, job, {"done", "failed"}) for job in jobs]
     assert [state["status"] for state in finished] == ["done"] * 3
-    digests = [sha256(path) for path in files]
-    assert [state["result"]["a"]["sha256"] for state in finished] == digests
-    assert apis["a"].received == digests  # first in, first out
+    assert [state["result"]["a"]["filename"] for state in finished] == [p.name for p in files]
+    # First in, first out.
+    assert received(apis["a"]) == [sha256(path.read_bytes()) for path in files]
     starts = [state["started"] for state in finished]
     assert starts == sorted(starts)
     assert uploads(client) == []
 
 
 async def test_full_queue_is_refused(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     client = await batch_app(
         batch={"concurrency": 1, "max_queued": 1}, processors={"a": {"url": apis["a"].url}}
     )
-    apis["a"].hold.clear()
+    apis["a"].gate.clear()
     video = videos.moving("sample.mp4")
     running, queued = [(await post_video(client, video, "?wait=false"))[1]["job"] for _ in "12"]
     await job_until(client, running, {"running"})
@@ -598,7 +510,7 @@ async def test_full_queue_is_refused(
     assert status == 503
     assert "([batch] max_queued)" in answer["error"]
     assert len(uploads(client)) == 2  # the refused upload is gone
-    apis["a"].hold.set()
+    apis["a"].gate.set()
     await job_until(client, queued, {"done"})
 
 
@@ -716,14 +628,14 @@ async def test_restart_fails_the_jobs_left_unfinished(
 
 
 async def test_stop_mid_job_fails_it_and_a_new_app_says_so(
-    batch_app: BatchFactory, apis: dict[str, AnalysisApi], videos: Videos
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
 ) -> None:
     client = await batch_app(
         server={"shutdown_timeout": 0.2},
         batch={"concurrency": 1},
         processors={"a": {"url": apis["a"].url}},
     )
-    apis["a"].hold.clear()
+    apis["a"].gate.clear()
     video = videos.moving("sample.mp4")
     running, queued = [(await post_video(client, video, "?wait=false"))[1]["job"] for _ in "12"]
     await job_until(client, running, {"running"})
@@ -764,14 +676,17 @@ async def test_disk_full_is_insufficient_storage() -> None:
         await copy_to_file(read, full, 1 << 20, lambda: AssertionError("not over the limit"))
 
 
-async def test_framehub_send_batch(batch_app: BatchFactory, videos: Videos) -> None:
+async def test_framehub_send_batch(
+    batch_app: BatchFactory, apis: dict[str, ClipApi], videos: Videos
+) -> None:
     client = await batch_app()
     video = videos.noisy()
     progress = io.StringIO()
     server = str(client.make_url("/"))
     status, answer = await send_batch(video, server, processes=["b"], progress_out=progress)
     assert status == 200, answer
-    assert answer["result"]["b"]["sha256"] == sha256(video)
+    assert answer["result"]["b"]["frames"] == 75
+    assert received(apis["b"]) == [sha256(video.read_bytes())]
     last = progress.getvalue().split("\r")[-1]
     assert last.startswith("[" + "#" * 30 + "] 100% ")
     assert last.endswith(" MB/s\n")

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from fakes import free_port
+
 if TYPE_CHECKING:
-    from conftest import Images
+    from common import Images
 
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
 START_TIMEOUT = 15.0
@@ -81,9 +83,7 @@ def wait_until_answering(url: str, process: subprocess.Popen[bytes]) -> bytes:
             time.sleep(0.05)
 
 
-def test_serves_frames_and_stops_on_sigterm(
-    tmp_path: Path, images: Images, unused_tcp_port: int
-) -> None:
+def test_serves_frames_and_stops_on_sigterm(tmp_path: Path, images: Images) -> None:
     config = tmp_path / "conf" / "settings.toml"
     config.parent.mkdir()
     config.write_text(
@@ -91,7 +91,7 @@ def test_serves_frames_and_stops_on_sigterm(
         "[repositories]\ncreate_demo = false\n"
     )
     folder = images.folder(tmp_path / "conf" / "state" / "repositories" / "cam", ["a.jpg", "b.png"])
-    port = unused_tcp_port
+    port = free_port()
     log = tmp_path / "stderr.log"
 
     with log.open("wb") as stderr:

@@ -14,14 +14,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import av
 import pytest
-from PIL import Image
 
+from common import write_video
 from server.client.send import SendReport, send
 
 if TYPE_CHECKING:
-    from conftest import Images, LiveFrames, LiveServer, LiveServerFactory
+    from apps import LiveServer, LiveServerFactory
+    from common import Images, LiveFrames
 
 PROCESSORS = {"summary": {"builtin": "summary", "timeout": 5.0}}
 TOKEN = "client-t0ken"
@@ -72,31 +72,23 @@ async def test_send_counts_rejected_frames(
 ) -> None:
     server = await live_server(processors=PROCESSORS, frames={"max_pixels": 64 * 48})
     folder = images.folder(tmp_path / "frames", FRAME_NAMES[:4])
-    Image.new("RGB", (100, 100), "white").save(folder / "frame-3.png")
+    (folder / "frame-3.png").write_bytes(images.encode(3, "PNG", (100, 100)))
     report, results = await run(server, str(folder), limit=4)
     assert (report.frames_sent, report.frames_accepted, report.frames_rejected) == (4, 3, 1)
     check_results(results, [3])
 
 
-def write_video(path: Path, live_frames: LiveFrames, count: int) -> Path:
+def match_video(path: Path, live_frames: LiveFrames, count: int) -> Path:
     """An H.264 MP4 of ``count`` frames of 64x48 written with PyAV."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height = live_frames.size
-        stream.pix_fmt = "yuv420p"
-        for index in range(count):
-            image = Image.new("RGB", live_frames.size, live_frames.colour(index))
-            frame = av.VideoFrame.from_image(image)  # type: ignore[no-untyped-call]
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
+    pictures = (live_frames.picture(index) for index in range(count))
+    return write_video(path, pictures, size=live_frames.size, fps=10)
 
 
 async def test_send_a_video_file(
     live_server: LiveServerFactory, live_frames: LiveFrames, tmp_path: Path
 ) -> None:
     server = await live_server(processors=PROCESSORS)
-    video = await asyncio.to_thread(write_video, tmp_path / "match.mp4", live_frames, 9)
+    video = await asyncio.to_thread(match_video, tmp_path / "match.mp4", live_frames, 9)
     report, results = await run(server, str(video))
     assert (report.frames_sent, report.frames_accepted, report.frames_rejected) == (9, 9, 0)
     assert report.results == 3
@@ -108,7 +100,7 @@ async def test_send_a_video_file_with_a_frame_limit(
     live_server: LiveServerFactory, live_frames: LiveFrames, tmp_path: Path
 ) -> None:
     server = await live_server(processors=PROCESSORS)
-    video = await asyncio.to_thread(write_video, tmp_path / "match.mp4", live_frames, 9)
+    video = await asyncio.to_thread(match_video, tmp_path / "match.mp4", live_frames, 9)
     report, results = await run(server, str(video), limit=4)
     assert (report.frames_sent, report.results) == (4, 1)
     check_results(results, [4])

@@ -4,24 +4,24 @@ be, the clips each codec makes, ``GET /options`` and the event loop while clips 
 Everything is a real part: framehub comes from ``create_app`` on a loopback port, clients are
 python-socketio ``AsyncClient``s (over a websocket, and once over long polling), frames are JPEG,
 PNG and WebP files made with Pillow, and the analysis APIs are aiohttp applications that decode
-every clip with PyAV (see ``conftest.py``); where Debian's ffmpeg is installed, its CLI decodes a
+every clip with PyAV (see ``fakes.py``); where Debian's ffmpeg is installed, its CLI decodes a
 received clip too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from PIL import Image
+
+from common import Images
 
 if TYPE_CHECKING:
-    from conftest import LiveFrames, LiveServerFactory, LiveServerWithApiFactory
+    from apps import LiveServerFactory, LiveServerWithApiFactory
+    from common import LiveFrames
 
 FFPROBE = shutil.which("ffprobe")
 TOKEN = "t0ken-for-tests"
@@ -122,20 +122,13 @@ async def test_a_timestamp_that_is_not_a_number_is_refused(
         assert f"ts must be a finite number of seconds, not {ts!r}" in ack["error"]
 
 
-def noise_png(size: tuple[int, int] = (64, 48)) -> bytes:
-    """A PNG of random pixels: large for its size, since noise does not compress."""
-    out = io.BytesIO()
-    Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3)).save(out, format="PNG")
-    return out.getvalue()
-
-
 BAD_FRAMES: dict[str, tuple[Any, str]] = {
     "text-bytes": (b"certainly not an image", "not an image"),
     "string": ("a string, not bytes", "must be the image bytes"),
     "nothing": (None, "must be the image bytes"),
     "dict-without-image": ({"ts": 1.0}, "must be the image bytes"),
     "truncated-header": (b"\xff\xd8\xff\xe0\x00\x10JFIF", "not a valid JPEG image"),
-    "over-max-bytes": (noise_png(), "over max_bytes 4000"),
+    "over-max-bytes": (Images.save(Images.noise((64, 48)), "PNG"), "over max_bytes 4000"),
 }
 
 
@@ -173,7 +166,7 @@ async def test_a_message_over_max_buffer_size_ends_the_connection(
     server = await live_server(sessions={"max_buffer_size": 20_000})
     client = await server.connect()
     assert (await client.process(live_frames.encode()))["ok"]
-    big = noise_png((100, 100))
+    big = Images.save(Images.noise((100, 100)), "PNG")
     assert len(big) > 20_000
     await client.sio.emit("process", big)
     await server.until(lambda: not client.sio.connected, "connection closed by the server")

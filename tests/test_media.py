@@ -1,6 +1,6 @@
 """The media layer of live ingest: frame checks, clip encoding and the built-in analyses.
 
-Frames are real JPEG, PNG and WebP files made with Pillow; every clip encode_clip writes is decoded
+Frames are real JPEG, PNG and WebP files made with Pillow (``common.Images``); every clip encode_clip writes is decoded
 again with PyAV and, where Debian's ffmpeg is installed, with the ffmpeg CLI.
 """
 
@@ -18,8 +18,9 @@ from typing import Any
 
 import av
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from common import Images
 from server.errors import ClipUnreadable, FrameRejected
 from server.media.analysis import analyse_clip
 from server.media.clips import Codec, encode_clip
@@ -30,7 +31,6 @@ FPS = 15.0
 CODECS: tuple[Codec, ...] = ("h264", "mjpeg")
 MAX_BYTES = 1 << 20
 MAX_PIXELS = 1 << 20
-BACKGROUND = (40, 90, 40)
 SQUARE = 20
 FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
@@ -39,26 +39,16 @@ needs_ffmpeg = pytest.mark.skipif(
 )
 
 
-def picture(size: tuple[int, int] = SIZE, square_x: int = 10) -> Image.Image:
-    """A plain background with a white square whose left edge is at ``square_x``."""
-    image = Image.new("RGB", size, BACKGROUND)
-    top = size[1] // 3
-    ImageDraw.Draw(image).rectangle(
-        [square_x, top, square_x + SQUARE, top + SQUARE], fill=(250, 250, 250)
-    )
-    return image
-
-
-def encoded(image: Image.Image, image_format: str = "JPEG") -> bytes:
-    """``image`` as a file in ``image_format``."""
-    out = io.BytesIO()
-    image.save(out, format=image_format)
-    return out.getvalue()
-
-
 def frame(index: int = 0, size: tuple[int, int] = SIZE, image_format: str = "JPEG") -> bytes:
     """Frame ``index`` of a clip where the square moves 5 pixels per frame."""
-    return encoded(picture(size, 10 + 5 * index), image_format)
+    return square_at(10 + 5 * index, size, image_format)
+
+
+def square_at(
+    x: int, size: tuple[int, int] = SIZE, image_format: str = "JPEG", **options: Any
+) -> bytes:
+    """A picture of the square with its left edge at ``x``, as a file in ``image_format``."""
+    return Images.save(Images.square(x, size, side=SQUARE), image_format, **options)
 
 
 def jpeg_frames(count: int, size: tuple[int, int] = SIZE) -> list[bytes]:
@@ -87,7 +77,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def jpeg_claiming(width: int, height: int) -> bytes:
     """A real small JPEG whose frame header (SOF0) is rewritten to claim another size."""
-    data = bytearray(encoded(picture()))
+    data = bytearray(frame())
     sof = data.index(b"\xff\xc0")
     # SOF0: marker, length (2), precision (1), height (2), width (2).
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
@@ -108,7 +98,7 @@ def webp_claiming(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
 def test_inspect_frame_reads_format_and_size(image_format: str) -> None:
-    data = encoded(picture((161, 121)), image_format)
+    data = frame(size=(161, 121), image_format=image_format)
     assert inspect_frame(data, MAX_BYTES, MAX_PIXELS) == FrameInfo(image_format, 161, 121)
 
 
@@ -120,7 +110,7 @@ def test_inspect_frame_rejects_non_images(data: bytes) -> None:
 
 @pytest.mark.parametrize("image_format", ["GIF", "BMP", "TIFF"])
 def test_inspect_frame_rejects_other_formats(image_format: str) -> None:
-    data = encoded(picture(), image_format)
+    data = frame(image_format=image_format)
     with pytest.raises(
         FrameRejected, match=rf"unsupported format {image_format}, allowed JPEG, PNG, WebP"
     ):
@@ -128,7 +118,7 @@ def test_inspect_frame_rejects_other_formats(image_format: str) -> None:
 
 
 def test_inspect_frame_rejects_broken_headers() -> None:
-    data = encoded(picture(), "PNG")
+    data = frame(image_format="PNG")
     with pytest.raises(FrameRejected, match="not a valid PNG image"):
         inspect_frame(data[:30], MAX_BYTES, MAX_PIXELS)
 
@@ -140,7 +130,7 @@ def test_inspect_frame_checks_bytes_first() -> None:
 
 
 def test_inspect_frame_rejects_too_many_pixels() -> None:
-    data = encoded(picture(), "JPEG")
+    data = frame()
     with pytest.raises(FrameRejected, match="160x120 = 19200 pixels, over max_pixels 19199"):
         inspect_frame(data, MAX_BYTES, 19_199)
     assert inspect_frame(data, MAX_BYTES, 19_200).width == 160
@@ -335,7 +325,7 @@ def test_summarize_clip(codec: Codec) -> None:
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_still_clip_has_no_motion(codec: Codec) -> None:
-    still = encoded(picture())
+    still = frame()
     report = analyse_clip(encode_clip([still] * 10, FPS, codec).data, ["motion"])["motion"]
     assert report["frames"] == 10
     assert report["energy"][0] == 0.0
@@ -347,7 +337,7 @@ def test_still_clip_has_no_motion(codec: Codec) -> None:
 def test_moving_square_gives_one_motion_range(codec: Codec) -> None:
     # Still for 4 frames, moving 6 pixels a frame for 8, still again for 4.
     positions = [10] * 4 + [10 + 6 * step for step in range(1, 9)] + [58] * 4
-    frames = [encoded(picture(square_x=x)) for x in positions]
+    frames = [square_at(x) for x in positions]
     report = analyse_clip(encode_clip(frames, FPS, codec).data, ["motion"])["motion"]
     assert report["frames"] == 16
     assert report["ranges"] == [[4, 11]]
@@ -360,7 +350,7 @@ def test_moving_square_gives_one_motion_range(codec: Codec) -> None:
     [
         pytest.param(b"", id="empty"),
         pytest.param(b"not a video at all" * 20, id="text"),
-        pytest.param(encoded(picture()), id="jpeg-image"),
+        pytest.param(frame(), id="jpeg-image"),
         pytest.param(encode_clip(jpeg_frames(4), FPS, "h264").data[:200], id="truncated"),
     ],
 )
@@ -386,15 +376,13 @@ def test_analysis_refuses_frames_over_max_pixels_before_decoding() -> None:
     ids=["baseline", "progressive", "exif", "low-quality"],
 )
 def test_jpeg_fast_path_reads_the_size_pillow_reads(options: dict[str, Any]) -> None:
-    out = io.BytesIO()
-    picture((123, 77)).save(out, format="JPEG", **options)
-    data = out.getvalue()
+    data = square_at(10, (123, 77), "JPEG", **options)
     with Image.open(io.BytesIO(data)) as image:
         assert frame_info(data) == FrameInfo("JPEG", *image.size)
 
 
 def test_png_fast_path_needs_a_whole_ihdr() -> None:
-    data = encoded(picture((31, 17)), "PNG")
+    data = frame(size=(31, 17), image_format="PNG")
     assert frame_info(data) == FrameInfo("PNG", 31, 17)
     broken = data[:29] + b"\x00\x00\x00\x00" + data[33:]  # IHDR with a wrong CRC
     with pytest.raises(FrameRejected):

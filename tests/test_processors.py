@@ -3,7 +3,7 @@ them, and the built-in ``/analyze/summary`` and ``/analyze/motion`` over real HT
 
 Everything is a real part: framehub comes from ``create_app`` on a loopback port and is fed by a
 python-socketio client; each analysis API is an aiohttp application on its own loopback port that
-decodes the clip with PyAV (see ``conftest.py``) and can be told to fail: refuse connections,
+decodes the clip with PyAV (see ``fakes.py``) and can be told to fail: refuse connections,
 answer late, answer 500 or 429 first, answer text or too much. In every fault test a healthy API
 still reports in the same result.
 """
@@ -19,7 +19,9 @@ import pytest
 from server.media.clips import Codec, encode_clip
 
 if TYPE_CHECKING:
-    from conftest import ClipApi, ClipApiFactory, LiveFrames, LiveServer, LiveServerFactory
+    from apps import LiveServer, LiveServerFactory
+    from common import LiveFrames
+    from fakes import ClipApi, ClipApiFactory
 
 FAST = {"timeout": 2.0, "retries": 0}
 

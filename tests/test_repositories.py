@@ -18,7 +18,9 @@ from server.names import is_valid_repository_name, natural_key
 from server.store.frame_cache import FrameCache, FrameKey
 
 if TYPE_CHECKING:
-    from conftest import Framehub, FramehubClient, Images, SettingsFactory, TarSource
+    from apps import Framehub, FramehubClient, SettingsFactory
+    from common import Images
+    from fakes import TarSource
 
 FRAMES = ["frame-1.jpg", "frame-2.jpg", "frame-10.jpg"]
 

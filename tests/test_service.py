@@ -7,7 +7,7 @@ process does with its environment, its signals and its stderr.
 from __future__ import annotations
 
 import asyncio
-import io
+import json
 import os
 import signal
 import socket
@@ -15,32 +15,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-import socketio
-from aiohttp import web
-from aiohttp.pytest_plugin import AiohttpClient, AiohttpServer
-from PIL import Image
+from aiohttp.pytest_plugin import AiohttpClient
 
+from apps import LiveClient
+from common import Images
+from fakes import free_port
 from server.app import create_app
-from server.keys import lifecycle_key
+from server.handlers.service import openapi_document
+from server.keys import lifecycle_key, metrics_key
+from server.names import REPOSITORY_NAME
 from server.ops.logs import redact
 from server.ops.systemd import Notifier
-from server.settings import settings_from_mapping
-from server.web.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from apps import LiveServerFactory, SettingsFactory
+    from fakes import ClipApiFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 20.0  # seconds any wait in this file may take at most
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _toml(value: Any) -> str:
@@ -69,7 +67,7 @@ class ServerProcess:
     """``main.py`` in a child process on a free loopback port."""
 
     def __init__(self, tmp_path: Path, tables: dict[str, dict[str, Any]], env: dict[str, str]):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         server = {"host": "127.0.0.1", "port": self.port, "state_dir": str(tmp_path / "state")}
         tables = {"server": server | tables.pop("server", {}), **tables}
@@ -177,20 +175,10 @@ def test_without_notify_socket_nothing_is_sent() -> None:
     assert other_pid.watchdog_interval is None
 
 
-def _settings(tmp_path: Path, **tables: dict[str, Any]) -> Any:
-    base: dict[str, Any] = {
-        "server": {"state_dir": str(tmp_path / "state")},
-        "repositories": {"create_demo": False},
-    }
-    for name, values in tables.items():
-        base[name] = base.get(name, {}) | values
-    return settings_from_mapping(base, tmp_path)
-
-
 async def test_healthz_and_readyz_follow_the_lifecycle(
-    tmp_path: Path, aiohttp_client: AiohttpClient
+    make_settings: SettingsFactory, aiohttp_client: AiohttpClient
 ) -> None:
-    app = create_app(_settings(tmp_path))
+    app = create_app(make_settings())
     client = await aiohttp_client(app)
     assert (await (await client.get("/healthz")).json()) == {"status": "alive"}
     not_yet = await client.get("/readyz")
@@ -206,12 +194,6 @@ async def test_healthz_and_readyz_follow_the_lifecycle(
     assert (await stopping.json())["shutting_down"] is True
 
 
-def _jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, format="JPEG")
-    return out.getvalue()
-
-
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         key, _, value = line.rpartition(" ")
@@ -220,41 +202,31 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in metrics")
 
 
-async def test_metrics_count_what_happens(tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
-    repository = tmp_path / "state" / "repositories" / "cam"
-    repository.mkdir(parents=True)
-    for index in range(3):
-        (repository / f"frame-{index}.jpg").write_bytes(_jpeg((index * 80, 0, 0)))
-    port = _free_port()
-    settings = _settings(
-        tmp_path,
-        server={"port": port},
-        clips={"frames": 2, "max_wait": 0.2},
-        processors={"summary": {"builtin": "summary"}},
+async def test_metrics_count_what_happens(
+    tmp_path: Path, live_server: LiveServerFactory, images: Images
+) -> None:
+    images.folder(tmp_path / "state" / "repositories" / "cam", ["a.jpg", "b.jpg", "c.jpg"])
+    server = await live_server(
+        clips={"frames": 2, "max_wait": 0.2}, processors={"summary": {"builtin": "summary"}}
     )
-    server = await aiohttp_server(create_app(settings), port=port)
-    base = f"http://127.0.0.1:{server.port}"
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        for _ in range(3):
-            async with http.get(f"{base}/cam/video.jpg") as resp:
-                assert resp.status == 200
-        async with http.get(f"{base}/get_session_id") as resp:
-            session_id = (await resp.json())["session_id"]
-        sio = socketio.AsyncClient()
-        results: asyncio.Queue[Any] = asyncio.Queue()
-        sio.on("result", results.put_nowait)
-        await sio.connect(base, auth={"session_id": session_id}, transports=["websocket"])
-        try:
-            assert (await sio.call("process", _jpeg((0, 255, 0))))["ok"] is True
-            assert (await sio.call("process", _jpeg((0, 0, 255))))["ok"] is True
-            assert (await sio.call("process", b"not an image"))["ok"] is False
-            await asyncio.wait_for(results.get(), BOUND)
-            async with http.get(f"{base}/metrics") as resp:
-                assert resp.status == 200
-                assert resp.content_type == "text/plain"
-                text = await resp.text()
-        finally:
-            await sio.disconnect()
+    for _ in range(3):
+        async with server.http.get(f"{server.url}/cam/video.jpg") as resp:
+            assert resp.status == 200
+    client = await server.connect()
+    assert (await client.process(images.encode(1)))["ok"] is True
+    assert (await client.process(images.encode(2)))["ok"] is True
+    assert (await client.process(b"not an image"))["ok"] is False
+    await client.until_results(1)
+
+    # The loop is sampled every LAG_SAMPLE_PERIOD (0.25 s): wait for the first sample.
+    samples = server.app[metrics_key].registry.get_sample_value
+    await server.until(
+        lambda: samples("framehub_event_loop_lag_seconds_count"), "a first event loop lag sample"
+    )
+    async with server.http.get(f"{server.url}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
     assert _metric(text, 'framehub_camera_frames_served_total{endpoint="video.jpg"}') == 3
     assert _metric(text, "framehub_frames_received_total") == 2
     assert _metric(text, 'framehub_frames_rejected_total{reason="invalid"}') == 1
@@ -262,7 +234,7 @@ async def test_metrics_count_what_happens(tmp_path: Path, aiohttp_server: Aiohtt
     assert _metric(text, 'framehub_clip_encode_seconds_count{codec="mjpeg"}') == 1
     assert _metric(text, 'framehub_processor_requests_total{outcome="ok",processor="summary"}') == 1
     assert _metric(text, "framehub_sessions_connected") == 1
-    assert _metric(text, "framehub_event_loop_lag_seconds_count") >= 0
+    assert _metric(text, "framehub_event_loop_lag_seconds_count") >= 1
     names = {
         line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")
     }
@@ -273,7 +245,7 @@ def test_secrets_never_reach_the_log(tmp_path: Path, start_server: Any) -> None:
     token = "tok-" + "s3cr3t" * 4
     cookie_key = "Zm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyMTI="
     header_secret = "proc-" + "h34d3r" * 4
-    refused = _free_port()
+    refused = free_port()
     server = start_server(
         {
             "server": {"api_token": token, "secret_key": cookie_key},
@@ -307,51 +279,42 @@ def test_redact_hides_url_credentials_and_secrets() -> None:
 
 
 async def test_graceful_shutdown_sends_the_last_clip(
-    tmp_path: Path, start_server: Any, aiohttp_server: AiohttpServer
+    tmp_path: Path, start_server: Any, clip_api: ClipApiFactory, images: Images
 ) -> None:
-    received: list[int] = []
-
-    async def analyse(request: web.Request) -> web.Response:
-        post = await request.post()
-        upload = post["file"]
-        assert isinstance(upload, web.FileField)
-        received.append(len(upload.file.read()))
-        return web.json_response({"ok": True})
-
-    api_app = web.Application()
-    api_app.router.add_post("/", analyse)
-    api = await aiohttp_server(api_app)
+    api = await clip_api("api")
     server = start_server(
         {
             "server": {"shutdown_timeout": 5.0},
             "clips": {"frames": 50, "max_wait": 60.0},
-            "processors": {"api": {"url": str(api.make_url("/"))}},
+            "processors": {"api": {"url": api.url}},
         }
     )
     await asyncio.to_thread(server.wait_ready)
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/get_session_id") as resp:
         session_id = (await resp.json())["session_id"]
-    sio = socketio.AsyncClient(reconnection=False)
+    client = LiveClient()
     disconnected = asyncio.Event()
-    sio.on("disconnect", lambda *args: disconnected.set())
-    await sio.connect(server.url, auth={"session_id": session_id}, transports=["websocket"])
-    for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255)):
-        assert (await sio.call("process", _jpeg(colour)))["ok"] is True
+    client.sio.on("disconnect", lambda *args: disconnected.set())
+    await client.sio.connect(server.url, auth={"session_id": session_id}, transports=["websocket"])
+    for index in range(3):
+        assert (await client.process(images.encode(index)))["ok"] is True
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(disconnected.wait(), BOUND)
     assert await asyncio.to_thread(server.stop) == 0
     assert time.monotonic() - started < 5.0 + 2.0
-    await sio.disconnect()
-    assert len(received) == 1 and received[0] > 0  # the 3-frame partial clip went out
+    await client.disconnect()
+    (clip,) = api.clips  # the 3-frame partial clip went out, whole
+    assert clip.frame_numbers == [0, 1, 2]
+    assert [result["clip"]["frames"] for result in client.results] == [3]
     state = tmp_path / "state"
     assert not (state / "repositories" / ".incoming").exists()
-    assert not any((state / "uploads").glob("*")) if (state / "uploads").exists() else True
+    assert list((state / "uploads").glob("*")) == []
 
 
-def test_openapi_documents_every_route(tmp_path: Path) -> None:
-    app = create_app(_settings(tmp_path))
-    documented = set(openapi_document()["paths"])
+def test_openapi_documents_every_route(make_settings: SettingsFactory) -> None:
+    app = create_app(make_settings())
+    documented = set(json.loads(openapi_document())["paths"])
     routes = {
         resource.canonical
         for resource in app.router.resources()
@@ -359,6 +322,20 @@ def test_openapi_documents_every_route(tmp_path: Path) -> None:
     }
     assert routes <= documented, routes - documented
     assert documented <= routes, documented - routes
+
+
+async def test_openapi_version_is_the_installed_package_version(
+    make_settings: SettingsFactory, aiohttp_client: AiohttpClient
+) -> None:
+    client = await aiohttp_client(create_app(make_settings()))
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert (await resp.json())["info"]["version"] == metadata.version("framehub")
+
+
+def test_openapi_repository_pattern_is_the_one_names_checks() -> None:
+    parameter = json.loads(openapi_document())["components"]["parameters"]["Repository"]
+    assert parameter["schema"]["pattern"] == f"^{REPOSITORY_NAME.pattern}$"
 
 
 @pytest.mark.skipif(
@@ -370,7 +347,7 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(
     repository = tmp_path / "state" / "repositories" / "cam"
     repository.mkdir(parents=True)
     for index in range(2):
-        (repository / f"frame-{index}.jpg").write_bytes(_jpeg((index * 100, 50, 50)))
+        (repository / f"frame-{index}.jpg").write_bytes(Images.encode(index))
     server = start_server({"processors": {"summary": {"builtin": "summary", "timeout": 5.0}}})
     server.wait_ready()
     checks = ",".join(

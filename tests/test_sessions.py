@@ -4,7 +4,7 @@ of a session.
 Everything is a real part: framehub comes from ``create_app`` on a loopback port, clients are
 python-socketio ``AsyncClient``s over a websocket, frames are Pillow images whose colour tells
 their number, and the analysis APIs are aiohttp applications that decode each clip with PyAV (see
-``conftest.py``), so the frames and their order are checked in the clips the APIs received.
+``fakes.py``), so the frames and their order are checked in the clips the APIs received.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ import pytest
 from server.keys import socketio_key
 
 if TYPE_CHECKING:
-    from conftest import (
-        ClipApi,
-        LiveClient,
-        LiveFrames,
-        LiveServer,
-        LiveServerFactory,
-        LiveServerWithApiFactory,
-    )
+    from apps import LiveClient, LiveServer, LiveServerFactory, LiveServerWithApiFactory
+    from common import LiveFrames
+    from fakes import ClipApi
 
 TIMEOUT = 10.0
 
@@ -347,7 +342,7 @@ async def test_disconnect_sends_the_last_partial_clip(
     for index in range(11):
         assert (await client.process(live_frames.encode(index)))["ok"]
     await client.until_results(1)
-    assert server.session_tasks()  # the encoder holds frames 8 to 10
+    await nothing_more(1, lambda: api.clips, 0.2)  # frames 8 to 10 wait for their clip
     await client.disconnect()
     await api.until_clips(2)
     assert api.frame_numbers() == [list(range(8)), [8, 9, 10]]
@@ -425,8 +420,12 @@ async def test_sessions_coming_and_going_leave_nothing_behind(
     server = await live_server(processors={"summary": {"builtin": "summary"}})
     frame = live_frames.encode()
 
+    visited: list[str] = []
+
     async def visit() -> None:
-        client = await server.connect()
+        session_id = await server.session_id()
+        visited.append(session_id)
+        client = await server.connect(session_id)
         assert (await client.process(frame))["ok"]
         await client.disconnect()
 
@@ -434,11 +433,12 @@ async def test_sessions_coming_and_going_leave_nothing_behind(
         await asyncio.wait_for(asyncio.gather(*(visit() for _ in range(10))), TIMEOUT)
     await server.until_sessions_freed()
     registry = server.registry
-    # The registry's own tables, read directly: the public counts would not show a leaked id.
-    assert registry._pending == {}
-    assert registry._live == {}
-    assert registry._ids_in_use == set()
-    assert registry._closing == set()
+    assert (registry.pending_count, registry.live_count, registry.closing_count) == (0, 0, 0)
+    # An id still held in use would be refused as "already in use"; every one is simply unknown.
+    reasons = await asyncio.gather(*(server.refusal(session_id) for session_id in visited))
+    messages = [reason["message"] for reason in reasons]
+    assert len(messages) == 50
+    assert all("unknown or expired session id" in message for message in messages), messages
     assert server.clips_encoded == 50  # each visit's frame left as a final clip
     sio = server.app[socketio_key]
     await server.until(lambda: not sio.eio.sockets, "Engine.IO sockets closed")

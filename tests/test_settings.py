@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.fernet import Fernet
 
-from server import settings as settings_module
 from server.settings import Settings, SettingsError, load_settings
 from server.web.secret_key import SECRET_FILE, cookie_key
 
 if TYPE_CHECKING:
-    from conftest import SettingsFactory
+    from apps import SettingsFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,30 +185,55 @@ def test_damaged_cookie_key_file_is_a_settings_error(make_settings: SettingsFact
         cookie_key(settings)
 
 
-def _settings_tables() -> dict[str, type]:
-    """Every settings table: ``_TABLES`` when the module has it, else the ``*Settings`` classes."""
-    tables: dict[str, type] | None = getattr(settings_module, "_TABLES", None)
-    if tables is not None:
-        return dict(tables)
-    return {
-        name: cls
-        for name, cls in vars(settings_module).items()
-        if isinstance(cls, type)
-        and dataclasses.is_dataclass(cls)
-        and name.endswith("Settings")
-        and cls is not Settings
-    }
+def settings_tables() -> dict[str, type]:
+    """Every settings table by the name its README heading gives it: each field of
+    :class:`Settings` is a table, or a mapping of tables such as ``[processors.NAME]``."""
+    tables: dict[str, type] = {}
+    for field, hint in typing.get_type_hints(Settings).items():
+        name = field
+        if typing.get_origin(hint) is dict:
+            _key, hint = typing.get_args(hint)
+            name = f"{field}.NAME"
+        assert isinstance(hint, type) and dataclasses.is_dataclass(hint), (field, hint)
+        tables[name] = hint
+    return tables
+
+
+def readme_settings(text: str) -> dict[str, list[str]]:
+    """The keys of the settings table under each ``### `[table]` `` heading of a README, in
+    order: the rows that start with ``| `key` |``, up to the next heading."""
+    sections: dict[str, list[str]] = {}
+    keys: list[str] | None = None
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif in_code:
+            continue
+        elif line.startswith("#"):
+            heading = re.fullmatch(r"### `\[([\w.]+)\]`", line.strip())
+            keys = sections.setdefault(heading[1], []) if heading else None
+        elif keys is not None and (row := re.match(r"\| `(\w+)` \|", line)):
+            keys.append(row[1])
+    return sections
 
 
 def test_readme_documents_every_setting() -> None:
-    readme = (ROOT / "README.md").read_text()
-    tables = _settings_tables()
-    assert {"server", "repositories", "camera"} <= set(tables)
+    documented = readme_settings((ROOT / "README.md").read_text())
+    tables = settings_tables()
+    assert {"server", "repositories", "camera", "processors.NAME"} <= set(tables)
     missing = [
         f"[{table}] {field.name}"
         for table, cls in tables.items()
         for field in dataclasses.fields(cls)
-        if f"`{field.name}`" not in readme
+        if field.name not in documented.get(table, [])
     ]
-    missing += [f"[{table}]" for table in tables if f"`[{table}]`" not in readme]
-    assert not missing, f"settings without a README entry: {', '.join(missing)}"
+    assert not missing, f"settings without a row in their README table: {', '.join(missing)}"
+    unknown = [
+        f"[{table}] {key}"
+        for table, keys in documented.items()
+        for key in keys
+        if table not in tables
+        or key not in {field.name for field in dataclasses.fields(tables[table])}
+    ]
+    assert not unknown, f"README rows for settings that do not exist: {', '.join(unknown)}"
