@@ -143,3 +143,33 @@ class ServerStopping(FramehubError):
     """A request for new work (a session id) while the server is stopping."""
 
     status = 503
+
+
+class InvalidCameraName(FramehubError):
+    """A camera name outside the repository name rule."""
+
+    status = 400
+
+
+class CameraNotFound(FramehubError):
+    """No live camera of that name, online or recently offline; or no result of it yet."""
+
+    status = 404
+
+
+class CameraTaken(FramehubError):
+    """A camera name used by a live session, with ``[live] takeover = false``."""
+
+    status = 409
+
+
+class RecordingRefused(FramehubError):
+    """A recording whose repository folder already holds an unrelated repository."""
+
+    status = 409
+
+
+class TooManyViewers(FramehubError):
+    """A camera already streamed to ``[live] max_viewers`` viewers."""
+
+    status = 503

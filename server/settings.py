@@ -233,6 +233,83 @@ class ProcessorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveSettings:
+    """``[live]``: live sessions as cameras that dashboards watch."""
+
+    takeover: bool = _setting(True)
+    keep: float = _setting(300.0, (_non_negative, "a number of seconds, 0 or more"))
+    max_viewers: int = _setting(20, (_positive, "a whole number above 0"))
+    public: bool = _setting(True)
+
+
+def _camera_patterns(value: list[str]) -> bool:
+    return all(name == "*" or is_valid_repository_name(name) for name in value)
+
+
+def _repository_template(value: str) -> bool:
+    try:
+        name = value.format(camera="cam")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return is_valid_repository_name(name)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSettings:
+    """``[recording]``: cameras whose frames are written into a repository."""
+
+    cameras: list[str] = _setting(
+        [], (_camera_patterns, 'a list of camera names, or ["*"] for every camera')
+    )
+    repository: str = _setting(
+        "{camera}",
+        (
+            _repository_template,
+            'a repository name that may hold "{camera}", such as "rec-{camera}"',
+        ),
+    )
+    max_frames: int = _setting(0, (_non_negative, "a whole number, 0 for no limit"))
+    max_bytes: int = _setting(1 << 30, (_non_negative, "a number of bytes, 0 for no limit"))
+    max_age: float = _setting(0.0, (_non_negative, "a number of seconds, 0 for no limit"))
+    queue_size: int = _setting(256, (_positive, "a whole number above 0"))
+    retry_backoff: float = _setting(5.0, (_positive, "a number of seconds above 0"))
+    max_retry_backoff: float = _setting(60.0, (_positive, "a number of seconds above 0"))
+
+    def records(self, camera: str) -> bool:
+        """Whether ``camera``'s frames are recorded."""
+        return "*" in self.cameras or camera in self.cameras
+
+    def repository_of(self, camera: str) -> str:
+        """The repository ``camera`` records into."""
+        return self.repository.format(camera=camera)
+
+
+WEBHOOK_EVENTS = ("result", "batch", "camera")
+
+
+def _webhook_events(value: list[str]) -> bool:
+    return bool(value) and all(event in WEBHOOK_EVENTS for event in value)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """``[webhooks.NAME]``: a URL that gets results and events POSTed as JSON."""
+
+    url: str = _setting("", (_http_url, "an http:// or https:// URL"))
+    headers: dict[str, str] = _setting({})
+    timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+    retries: int = _setting(3, (_non_negative, "a whole number, 0 or more"))
+    events: list[str] = _setting(
+        list(WEBHOOK_EVENTS),
+        (
+            _webhook_events,
+            "a list of one or more of " + ", ".join(f'"{e}"' for e in WEBHOOK_EVENTS),
+        ),
+    )
+    max_queued: int = _setting(100, (_positive, "a whole number above 0"))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole settings file."""
 
@@ -243,7 +320,10 @@ class Settings:
     frames: FrameSettings = field(default_factory=FrameSettings)
     clips: ClipSettings = field(default_factory=ClipSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    live: LiveSettings = field(default_factory=LiveSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
     processors: dict[str, ProcessorSettings] = field(default_factory=dict)
+    webhooks: dict[str, WebhookSettings] = field(default_factory=dict)
 
     @property
     def repositories_dir(self) -> Path:
@@ -261,9 +341,14 @@ _TABLES: dict[str, type] = {
     "frames": FrameSettings,
     "clips": ClipSettings,
     "batch": BatchSettings,
+    "live": LiveSettings,
+    "recording": RecordingSettings,
 }
-# ``[processors.NAME]`` tables, one per analysis API, each shaped like ProcessorSettings.
+# ``[processors.NAME]`` tables, one per analysis API, each shaped like ProcessorSettings, and
+# ``[webhooks.NAME]``, one per receiver, shaped like WebhookSettings.
 _PROCESSORS_TABLE = "processors"
+_WEBHOOKS_TABLE = "webhooks"
+_NAMED_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
 def _type_name(expected: Any) -> str:
@@ -360,7 +445,7 @@ def settings_from_mapping(
     data: Mapping[str, Any], base_dir: Path, where: str = "settings"
 ) -> Settings:
     """Build and check :class:`Settings` from parsed TOML; paths are resolved against ``base_dir``."""
-    allowed = [*_TABLES, _PROCESSORS_TABLE]
+    allowed = [*_TABLES, _PROCESSORS_TABLE, _WEBHOOKS_TABLE]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise SettingsError(
@@ -371,6 +456,7 @@ def settings_from_mapping(
     for name, cls in _TABLES.items():
         built[name] = build_table(cls, data.get(name, {}), name, where)
     built[_PROCESSORS_TABLE] = _build_processors(data.get(_PROCESSORS_TABLE, {}), where)
+    built[_WEBHOOKS_TABLE] = _build_webhooks(data.get(_WEBHOOKS_TABLE, {}), where)
     server = built["server"]
     built["server"] = dataclasses.replace(server, state_dir=_resolve(server.state_dir, base_dir))
     repositories = built["repositories"]
@@ -382,16 +468,32 @@ def settings_from_mapping(
     return settings
 
 
-def _build_processors(tables: Any, where: str) -> dict[str, ProcessorSettings]:
+def _named_tables(tables: Any, kind: str, where: str) -> dict[str, Any]:
+    """The ``[kind.NAME]`` tables, each name checked."""
     if not isinstance(tables, dict):
-        raise SettingsError(f"{where}: [processors] must hold one table per API, [processors.NAME]")
-    processors = {}
-    for name, table in tables.items():
-        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", name) is None:
+        raise SettingsError(f"{where}: [{kind}] must hold one table per name, [{kind}.NAME]")
+    for name in tables:
+        if _NAMED_TABLE.fullmatch(name) is None:
             raise SettingsError(
-                f"{where}: processors.{name} is not a valid processor name "
+                f"{where}: {kind}.{name} is not a valid name "
                 "(letters, digits, '_' or '-', starting with a letter or '_')"
             )
+    return tables
+
+
+def _build_webhooks(tables: Any, where: str) -> dict[str, WebhookSettings]:
+    webhooks = {}
+    for name, table in _named_tables(tables, _WEBHOOKS_TABLE, where).items():
+        webhook = build_table(WebhookSettings, table, f"webhooks.{name}", where)
+        if not webhook.url:
+            raise SettingsError(f"{where}: webhooks.{name}.url is required")
+        webhooks[name] = webhook
+    return webhooks
+
+
+def _build_processors(tables: Any, where: str) -> dict[str, ProcessorSettings]:
+    processors = {}
+    for name, table in _named_tables(tables, _PROCESSORS_TABLE, where).items():
         url = table.get("url") if isinstance(table, dict) else None
         if isinstance(url, str) and url.startswith("/"):
             # Older settings reached the built-ins over this server's own port.

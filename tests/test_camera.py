@@ -23,12 +23,14 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from yarl import URL
 
 from server.app import COOKIE_NAME, create_app
-from server.handlers.camera import MJPEG_BOUNDARY
 from server.keys import placeholder_key
 from server.media.images import DEMO_SIZE
+from server.web.mjpeg import MJPEG_BOUNDARY
 
 if TYPE_CHECKING:
-    from conftest import Framehub, FramehubClient, Images, SettingsFactory, TarSource
+    from apps import Framehub, FramehubClient, SettingsFactory
+    from common import Images
+    from fakes import TarSource
 
 FRAMES = ["frame-1.jpg", "frame-2.jpg", "frame-10.jpg"]  # natural order
 

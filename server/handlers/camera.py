@@ -26,6 +26,7 @@ from server.keys import (
     settings_key,
 )
 from server.store.repositories import Frame, RepositoryStore
+from server.web.mjpeg import MJPEG_CONTENT_TYPE, mjpeg_part
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ NO_STORE = {"Cache-Control": "no-store"}
 CURSORS = "cursors"
 # Cursors of the most recently used repositories only, so the cookie stays far below 4 KB.
 MAX_CURSORS = 16
-MJPEG_BOUNDARY = "framehubframe"
 # More digits than any repository has frames; also keeps int() clear of its 4300-digit limit.
 MAX_INDEX_DIGITS = 18
 
@@ -60,15 +60,15 @@ async def next_frame(request: web.Request) -> web.StreamResponse:
     try:
         repo = await store.lookup(name)
     except RepositoryNotFound:
-        return _placeholder(request)
+        return placeholder_response(request)
     if repo.status != "available" or not repo.frames:
-        return _placeholder(request)
+        return placeholder_response(request)
     session = await get_session(request)
     cursors: dict[str, Any] = session.get(CURSORS) or {}
     position = cursors.pop(name, 0)
     frame, following = store.next_frame(repo, position if isinstance(position, int) else 0)
     if frame is None:
-        return _placeholder(request)
+        return placeholder_response(request)
     if request.method == "HEAD":
         return await _frame_response(store, frame)
     cursors[name] = following
@@ -93,7 +93,7 @@ async def frame_by_index(request: web.Request) -> web.StreamResponse:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_INDEX_DIGITS:
         raise InvalidParameter(f"frame index must be a whole number from 0, not {raw!r}")
     if repo.status != "available":
-        return _placeholder(request)
+        return placeholder_response(request)
     frame = store.frame_at(repo, int(raw))
     request.app[metrics_key].camera_frames_served.labels("frames").inc()
     return await _frame_response(store, frame)
@@ -102,15 +102,10 @@ async def frame_by_index(request: web.Request) -> web.StreamResponse:
 async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
     """``GET /{repo}/video.mjpg?fps=N``: the repository as an endless MJPEG stream."""
     settings = request.app[settings_key].camera
-    fps = _fps_parameter(request, settings.mjpeg_fps, settings.mjpeg_max_fps)
+    fps = fps_parameter(request, settings.mjpeg_max_fps) or settings.mjpeg_fps
     store = request.app[repository_store_key]
     repo = await store.lookup(request.match_info["repo"])
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}",
-            **NO_STORE,
-        }
-    )
+    response = web.StreamResponse(headers={"Content-Type": MJPEG_CONTENT_TYPE, **NO_STORE})
     await response.prepare(request)
     if request.method == "HEAD":
         return response
@@ -129,14 +124,7 @@ async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
             else:
                 body, content_type = await store.read_frame(frame), frame.content_type
                 metrics.camera_frames_served.labels("video.mjpg").inc()
-            await response.write(
-                (
-                    f"--{MJPEG_BOUNDARY}\r\nContent-Type: {content_type}\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
-                ).encode()
-                + body
-                + b"\r\n"
-            )
+            await response.write(mjpeg_part(body, content_type))
             deadline = max(deadline + interval, loop.time())
             # Waiting on the stopping event rather than sleeping ends streams at once on shutdown.
             with contextlib.suppress(TimeoutError):
@@ -148,10 +136,11 @@ async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _fps_parameter(request: web.Request, default: float, maximum: float) -> float:
+def fps_parameter(request: web.Request, maximum: float) -> float | None:
+    """The ``?fps=`` asked for, above 0 and at most ``maximum``; None when not asked."""
     raw = request.query.get("fps")
     if raw is None:
-        return default
+        return None
     try:
         fps = float(raw)
     except ValueError:
@@ -174,7 +163,8 @@ async def _stream_position(
     return store.next_frame(repo, cursor)
 
 
-def _placeholder(request: web.Request) -> web.Response:
+def placeholder_response(request: web.Request) -> web.Response:
+    """The "image is not available" JPEG, marked ``X-Placeholder: true``."""
     return web.Response(
         body=request.app[placeholder_key],
         content_type="image/jpeg",

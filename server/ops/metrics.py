@@ -95,6 +95,61 @@ class Metrics:
         self.batch_jobs = Gauge(
             "framehub_batch_jobs", "Batch jobs known, by status", ["status"], registry=r
         )
+        self.cameras_online = Gauge(
+            "framehub_cameras_online", "Live cameras with a connected session", registry=r
+        )
+        self.live_viewers = Gauge(
+            "framehub_live_viewers",
+            "Viewers of live cameras (mjpeg: video.mjpg streams; events: Server-Sent Events)",
+            ["kind"],
+            registry=r,
+        )
+        self.recorded_frames = Counter(
+            "framehub_recorded_frames", "Live frames written to a recording", ["camera"], registry=r
+        )
+        self.recording_dropped = Counter(
+            "framehub_recording_dropped",
+            "Live frames not recorded because the writer was behind or paused",
+            ["camera"],
+            registry=r,
+        )
+        self.recording_deleted = Counter(
+            "framehub_recording_deleted",
+            "Recorded frames deleted by retention",
+            ["camera"],
+            registry=r,
+        )
+        self.recording_errors = Counter(
+            "framehub_recording_errors", "Failed recording writes", ["camera"], registry=r
+        )
+        self.recording_paused = Gauge(
+            "framehub_recording_paused",
+            "1 while a recording is paused after a write error",
+            ["camera"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "framehub_webhook_deliveries",
+            "Webhook events delivered or given up, by outcome",
+            ["webhook", "outcome"],
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "framehub_webhook_dropped",
+            "Webhook events dropped because the queue was full",
+            ["webhook"],
+            registry=r,
+        )
+        self.webhook_queued = Gauge(
+            "framehub_webhook_queued", "Webhook events waiting", ["webhook"], registry=r
+        )
+        self.webhook_seconds = Histogram(
+            "framehub_webhook_seconds",
+            "Time to deliver one webhook event, retries included",
+            ["webhook"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.event_loop_lag = Histogram(
             "framehub_event_loop_lag_seconds",
             "How late the event loop wakes a sleeping task",
