@@ -5,9 +5,10 @@ each chosen processor concurrently. A built-in one (``builtin = "summary"``) is 
 (:class:`server.live.builtins.BuiltinAnalyses`, one decode for all the built-ins of a payload).
 An external one gets the payload posted as multipart through the app's one ``ClientSession``,
 under a global limit of concurrent requests. Each processor answers on its own: connection errors,
-5xx and 429 are retried with exponential backoff (``retries``), a timeout or any other failure
-becomes ``{"error": ..., "status": ...}`` for that processor only, so one bad API never holds back
-the rest. JSON answers are passed through; other answers as text, both capped at
+5xx and 429 are retried with exponential backoff (``retries``; the policy of
+:mod:`server.web.retries`, shared with the webhooks), a timeout or any other failure becomes
+``{"error": ..., "status": ...}`` for that processor only, so one bad API never holds back the
+rest. JSON answers are passed through; other answers as text, both capped at
 ``max_response_bytes``.
 """
 
@@ -30,13 +31,9 @@ from server.live.builtins import BuiltinAnalyses
 from server.ops.metrics import Metrics
 from server.settings import ProcessorSettings, Settings
 from server.web.bodies import read_capped
+from server.web.retries import AttemptFailed, attempt_errors, http_failure, with_retries
 
 _LOGGER = logging.getLogger(__name__)
-
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-FIRST_BACKOFF = 0.2
-MAX_BACKOFF = 5.0
-MAX_TEXT_IN_ERROR = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +44,6 @@ class Payload:
     content_type: str
     data: bytes | None = None
     path: Path | None = None
-
-
-class _Failure(Exception):
-    """One processor's failure, carried to the result as ``{"error", "status"}``."""
-
-    def __init__(
-        self, message: str, kind: str, status: int | None = None, retry: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-        self.retry = retry
-        self.retry_after: float | None = None
 
 
 def public_description(name: str, processor: ProcessorSettings) -> dict[str, Any]:
@@ -158,38 +142,37 @@ class ProcessorPool:
 
     async def _ask(self, name: str, payload: Payload) -> Any:
         processor = self.processors[name]
-        attempt = 0
         started = time.monotonic()
-        while True:
-            try:
-                async with self._limit:
-                    answer = await self._post(processor, payload)
-                self._metrics.processor_requests.labels(name, "ok").inc()
-                self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
-                return answer
-            except _Failure as failure:
-                self._metrics.processor_errors.labels(name, failure.kind).inc()
-                if not failure.retry or attempt >= processor.retries:
-                    self._metrics.processor_requests.labels(name, "error").inc()
-                    self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
-                    _LOGGER.warning(
-                        "processor %s failed after %d attempt(s) in %.2f s: %s",
-                        name,
-                        attempt + 1,
-                        time.monotonic() - started,
-                        failure,
-                    )
-                    return {"error": str(failure), "status": failure.status}
-                backoff = min(FIRST_BACKOFF * 2**attempt, MAX_BACKOFF)
-                if failure.retry_after is not None:
-                    backoff = min(max(backoff, failure.retry_after), MAX_BACKOFF)
-                attempt += 1
-                await asyncio.sleep(backoff)
+
+        async def attempt() -> Any:
+            # The request slot is held for one attempt, never through a backoff.
+            async with self._limit:
+                return await self._post(processor, payload)
+
+        def failed(failure: AttemptFailed) -> None:
+            self._metrics.processor_errors.labels(name, failure.kind).inc()
+
+        try:
+            answer = await with_retries(attempt, processor.retries, failed)
+        except AttemptFailed as failure:
+            self._metrics.processor_requests.labels(name, "error").inc()
+            self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
+            _LOGGER.warning(
+                "processor %s failed after %d attempt(s) in %.2f s: %s",
+                name,
+                failure.attempts,
+                time.monotonic() - started,
+                failure,
+            )
+            return {"error": str(failure), "status": failure.status}
+        self._metrics.processor_requests.labels(name, "ok").inc()
+        self._metrics.processor_seconds.labels(name).observe(time.monotonic() - started)
+        return answer
 
     async def _post(self, processor: ProcessorSettings, payload: Payload) -> Any:
         form = aiohttp.FormData()
         timeout = aiohttp.ClientTimeout(total=processor.timeout)
-        try:
+        with attempt_errors(processor.timeout):
             if payload.path is not None:
                 # aiohttp reads file payloads in its executor, chunk by chunk: never all in memory.
                 with payload.path.open("rb") as body:
@@ -207,16 +190,6 @@ class ProcessorPool:
                 content_type=payload.content_type,
             )
             return await self._send(processor, form, timeout)
-        except TimeoutError:
-            raise _Failure(
-                f"no answer within the {processor.timeout:g} s timeout", "timeout"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise _Failure(
-                f"cannot connect: {exc.strerror or exc}", "connect", retry=True
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _Failure(f"request failed: {exc}", "connection", retry=True) from None
 
     async def _send(
         self,
@@ -230,15 +203,7 @@ class ProcessorPool:
             body = await _read_capped(resp, processor.max_response_bytes)
             text = body.decode(resp.charset or "utf-8", errors="replace")
             if resp.status >= 400:
-                excerpt = " ".join(text[:MAX_TEXT_IN_ERROR].split())
-                failure = _Failure(
-                    f"HTTP {resp.status}: {excerpt}".rstrip(": "),
-                    f"http_{resp.status // 100}xx",
-                    status=resp.status,
-                    retry=resp.status in RETRY_STATUSES,
-                )
-                failure.retry_after = _retry_after(resp.headers.get("Retry-After"))
-                raise failure
+                raise http_failure(resp.status, text, resp.headers.get("Retry-After"))
             try:
                 return json.loads(text)
             except ValueError:
@@ -246,21 +211,12 @@ class ProcessorPool:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    def too_large() -> _Failure:
+    def too_large() -> AttemptFailed:
         size = f"of {resp.content_length} bytes " if resp.content_length is not None else ""
-        return _Failure(
+        return AttemptFailed(
             f"answer {size}is over max_response_bytes ({limit})", "too_large", status=resp.status
         )
 
     if resp.content_length is not None and resp.content_length > limit:
         raise too_large()
     return await read_capped(resp.content.read, limit, too_large)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None

@@ -2,8 +2,8 @@
 
 Every record, tracebacks included, is rendered on a single line with stable keys so that
 journald and log shippers keep events whole. :class:`RedactingFilter` replaces the configured
-secrets (``api_token``, ``secret_key``, processor header values) and credentials embedded in URLs
-(``https://user:password@host``) with ``***`` before anything is written.
+secrets (``api_token``, ``secret_key``, processor and webhook header values) and credentials
+embedded in URLs (``https://user:password@host``) with ``***`` before anything is written.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def secrets_of(settings: Settings) -> list[str]:
     values = [settings.server.api_token, settings.server.secret_key]
     for processor in settings.processors.values():
         values.extend(processor.headers.values())
+    for webhook in settings.webhooks.values():
+        values.extend(webhook.headers.values())
     return [value for value in values if len(value) >= _MIN_SECRET_LENGTH]
 
 
