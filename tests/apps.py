@@ -11,6 +11,12 @@ properties, and the asyncio tasks left running.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import types
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -26,7 +32,7 @@ from pytest_aiohttp import AiohttpClient
 
 import server
 from common import LIVE_TIMEOUT, WAIT, until
-from fakes import ClipApi
+from fakes import ClipApi, free_port
 from server.app import create_app
 from server.keys import metrics_key, session_registry_key, settings_key
 from server.live.sessions import SessionRegistry
@@ -302,3 +308,83 @@ def runs_framehub_code(task: asyncio.Task[Any]) -> bool:
 
 LiveServerFactory = Callable[..., Awaitable[LiveServer]]
 LiveServerWithApiFactory = Callable[..., Awaitable[tuple[LiveServer, ClipApi]]]
+
+
+# Real processes ---------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESS_BOUND = 20.0  # seconds a process may take to start or stop
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_settings(path: Path, tables: dict[str, dict[str, Any]]) -> None:
+    """A settings file at ``path`` holding ``tables``."""
+    lines = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    path.write_text("\n".join(lines) + "\n")
+
+
+class ServerProcess:
+    """``main.py`` in a child process on a free loopback port, with ``tables`` as its settings
+    (state under ``tmp_path``; host, port and ``create_demo = false`` filled in)."""
+
+    def __init__(self, tmp_path: Path, tables: dict[str, dict[str, Any]], env: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        server = {"host": "127.0.0.1", "port": self.port, "state_dir": str(tmp_path / "state")}
+        tables = {"server": server | tables.pop("server", {}), **tables}
+        tables.setdefault("repositories", {}).setdefault("create_demo", False)
+        config = tmp_path / "settings.toml"
+        write_settings(config, tables)
+        self.stderr_path = tmp_path / "stderr.log"
+        self._stderr = self.stderr_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "--config", str(config)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            env={**os.environ, **env},
+        )
+
+    def wait_ready(self) -> None:
+        """Until the port takes connections; fails if the process ended."""
+        deadline = time.monotonic() + PROCESS_BOUND
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.stderr()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start listening")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(PROCESS_BOUND)
+        finally:
+            self._stderr.close()
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")

@@ -9,7 +9,7 @@ also importable from here, for the type hints of test modules written against th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,14 @@ import pytest
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from apps import (
+    PROCESS_BOUND,
     Framehub,
     FramehubClient,
     LiveClient,
     LiveServer,
     LiveServerFactory,
     LiveServerWithApiFactory,
+    ServerProcess,
     SettingsFactory,
 )
 from common import LIVE_TIMEOUT, Images, LiveFrames, Member, decode_clip
@@ -44,6 +46,7 @@ __all__ = [
     "LiveServerWithApiFactory",
     "Member",
     "ReceivedClip",
+    "ServerProcess",
     "SettingsFactory",
     "TarSource",
     "decode_clip",
@@ -162,3 +165,20 @@ def live_server_with_api(
         return await live_server(**{"processors": processors, **tables}), api
 
     return start
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """``start_server(tables, **env)``: ``main.py`` in a child process (killed at the end)."""
+    started: list[ServerProcess] = []
+
+    def start(tables: dict[str, dict[str, Any]] | None = None, **env: str) -> ServerProcess:
+        server = ServerProcess(tmp_path, tables or {}, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(PROCESS_BOUND)

@@ -427,8 +427,9 @@ async def test_client_gone_mid_upload_leaves_no_file(
 async def test_stop_mid_upload_leaves_no_file(
     aiohttp_client: AiohttpClient, make_settings: SettingsFactory, videos: Videos
 ) -> None:
-    settings = make_settings()
-    # The test server's own shutdown wait (60 s by default) stands in for [server] shutdown_timeout.
+    # The stop gives the upload in flight what is left of [server] shutdown_timeout, then aiohttp
+    # closes its connection.
+    settings = make_settings(server={"shutdown_timeout": 0.5})
     server = TestServer(create_app(settings))
     await server.start_server(shutdown_timeout=0.2)
     client: TestClient[Any, Any] = await aiohttp_client(server)

@@ -427,6 +427,21 @@ async def test_head_works_where_get_does(
         assert await resp.read() == b""
 
 
+async def test_head_of_video_jpg_takes_no_frame(
+    framehub: Framehub, make_settings: SettingsFactory, images: Images
+) -> None:
+    client = await camera(framehub, make_settings, images)
+    assert await next_frame(client) == FRAMES[0]
+    for _ in range(3):
+        async with client.head("/cam/video.jpg") as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Frame-Name"] == FRAMES[1]  # the frame a GET would get
+    assert await next_frame(client) == FRAMES[1]
+    async with client.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'framehub_camera_frames_served_total{endpoint="video.jpg"} 2.0' in text
+
+
 # ---- MJPEG ----------------------------------------------------------------------------------
 
 

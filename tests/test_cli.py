@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fakes import free_port
+from server.cli import main
 
 if TYPE_CHECKING:
     from common import Images
@@ -131,3 +132,19 @@ def test_serves_frames_and_stops_on_sigterm(tmp_path: Path, images: Images) -> N
     assert "Traceback" not in output
     secret = (tmp_path / "conf" / "state" / "secret.key").read_text().strip()
     assert secret and secret not in output
+
+
+def test_a_python_without_tarfile_filters_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No older Python is at hand, so the version the interpreter reports is what is replaced.
+    monkeypatch.setattr(sys, "version_info", (3, 11, 3, "final", 0))
+    assert main(["--config", "unused.toml"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "framehub: needs Python 3.11.4 or newer (for tarfile's extraction filters), not 3.11.3"
+    )
+
+
+def test_setup_cfg_asks_for_the_same_python() -> None:
+    assert "python_requires = >=3.11.4" in (MAIN.parent / "setup.cfg").read_text()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,3 +128,25 @@ async def test_send_with_an_api_token(
     check_results(results, [4])
     with pytest.raises(SystemExit, match="missing or wrong API token"):
         await run(server, str(folder))
+
+
+def test_the_client_imports_nothing_of_the_server_but_names() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, server.client.send; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'server'))",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.replace("'", '"')) == [
+        "server",
+        "server.client",
+        "server.client.send",
+        "server.names",
+    ]

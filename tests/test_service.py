@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,90 +38,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 20.0  # seconds any wait in this file may take at most
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + "}"
-    raise TypeError(value)
-
-
-def _write_settings(path: Path, tables: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-    path.write_text("\n".join(lines) + "\n")
-
-
-class ServerProcess:
-    """``main.py`` in a child process on a free loopback port."""
-
-    def __init__(self, tmp_path: Path, tables: dict[str, dict[str, Any]], env: dict[str, str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        server = {"host": "127.0.0.1", "port": self.port, "state_dir": str(tmp_path / "state")}
-        tables = {"server": server | tables.pop("server", {}), **tables}
-        tables.setdefault("repositories", {}).setdefault("create_demo", False)
-        config = tmp_path / "settings.toml"
-        _write_settings(config, tables)
-        self.stderr_path = tmp_path / "stderr.log"
-        self._stderr = self.stderr_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "--config", str(config)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env={**os.environ, **env},
-        )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + BOUND
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.stderr()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start listening")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(BOUND)
-        finally:
-            self._stderr.close()
-
-    def stderr(self) -> str:
-        if not self._stderr.closed:
-            self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    started: list[ServerProcess] = []
-
-    def start(tables: dict[str, dict[str, Any]] | None = None, **env: str) -> ServerProcess:
-        server = ServerProcess(tmp_path, tables or {}, env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait(BOUND)
 
 
 def _receive_all(sock: socket.socket, until: str, limit: float = BOUND) -> list[str]:
