@@ -3,8 +3,8 @@
 ``create_app(settings)`` wires the middlewares (requests in flight, errors to JSON, CORS, cookie
 session), the routes, the Socket.IO server and one ``cleanup_ctx`` entry per resource with a
 lifetime: the HTTP client session, the sd_notify socket, the placeholder image, the repository
-store, the built-in analyses, the processor pool, the live pipeline, the batch queue and the
-background watchers. ``main.py`` and the tests both build the app here.
+store, the built-in analyses, the processor pool, the webhooks, the recorder, the live pipeline
+(with its cameras), the batch queue and the background watchers. ``main.py`` and the tests both build the app here.
 
 :func:`stop` is the ordered stop, all within ``[server] shutdown_timeout``: readiness drops; no
 new session is taken; every live session stops taking frames (its client's frames are still read,
@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -29,9 +30,10 @@ from aiohttp_session import setup as setup_session
 from cryptography.fernet import Fernet
 
 from server.batch.queue import JobQueue
-from server.handlers import analysis, batch, camera, live, service
+from server.handlers import analysis, batch, camera, cameras, live, service
 from server.keys import (
     builtin_analyses_key,
+    camera_registry_key,
     client_session_key,
     encoder_executor_key,
     in_flight_key,
@@ -40,15 +42,20 @@ from server.keys import (
     metrics_key,
     placeholder_key,
     processor_pool_key,
+    recorder_key,
     repository_store_key,
     session_registry_key,
     settings_key,
     socketio_key,
+    webhooks_key,
 )
 from server.live.builtins import BuiltinAnalyses
+from server.live.cameras import CameraRegistry
 from server.live.pipeline import ClipPipeline
 from server.live.processors import ProcessorPool
+from server.live.recording import Recorder
 from server.live.sessions import SessionRegistry
+from server.live.webhooks import Webhooks
 from server.media.images import placeholder_jpeg
 from server.ops.lifecycle import Lifecycle
 from server.ops.metrics import Metrics
@@ -108,12 +115,31 @@ async def _processor_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    webhooks = Webhooks(app[settings_key], app[client_session_key], app[metrics_key])
+    await webhooks.start()
+    app[webhooks_key] = webhooks
+    yield  # stopped in the ordered stop, once the last results are published
+
+
+async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[recorder_key] = Recorder(app[settings_key], app[metrics_key])
+    yield  # stopped in the ordered stop, once the last frames are offered
+
+
 async def _live_pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     executor = ThreadPoolExecutor(settings.clips.encode_threads, thread_name_prefix="encoder")
     metrics = app[metrics_key]
+    sio = app[socketio_key]
+
+    async def broadcast(camera: str, message: dict[str, Any]) -> None:
+        await sio.emit("result", message, room=live.camera_room(camera))
+
+    cameras = CameraRegistry(settings, app[recorder_key], app[webhooks_key], metrics, broadcast)
     pipeline = ClipPipeline(settings, executor, app[processor_pool_key], metrics)
-    registry = SessionRegistry(settings, pipeline)
+    registry = SessionRegistry(settings, pipeline, cameras)
+    app[camera_registry_key] = cameras
     metrics.sessions_connected.set_function(lambda: registry.live_count)
     app[encoder_executor_key] = executor
     app[session_registry_key] = registry
@@ -123,7 +149,9 @@ async def _live_pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _job_queue_ctx(app: web.Application) -> AsyncIterator[None]:
-    queue = JobQueue(app[settings_key], app[processor_pool_key], app[metrics_key])
+    queue = JobQueue(
+        app[settings_key], app[processor_pool_key], app[webhooks_key], app[metrics_key]
+    )
     await queue.start()
     app[job_queue_key] = queue
     yield  # stopped in the ordered stop, which needs it done before requests end
@@ -159,6 +187,10 @@ async def stop(app: web.Application) -> None:
     await asyncio.gather(
         app[session_registry_key].finish(lifecycle.deadline),
         app[job_queue_key].close(lifecycle.deadline),
+    )
+    app[camera_registry_key].end_streams()
+    await asyncio.gather(
+        app[recorder_key].close(lifecycle.deadline), app[webhooks_key].close(lifecycle.deadline)
     )
     await disconnect_clients(app[socketio_key], app[in_flight_key])
     await app[in_flight_key].wait_idle(lifecycle.deadline)
@@ -198,6 +230,8 @@ def create_app(settings: Settings) -> web.Application:
             _repository_store_ctx,
             _builtin_analyses_ctx,
             _processor_pool_ctx,
+            _webhooks_ctx,
+            _recorder_ctx,
             _live_pipeline_ctx,
             _job_queue_ctx,
             _watchers_ctx,
@@ -205,6 +239,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     service.setup_routes(app)
     live.setup_routes(app)
+    cameras.setup_routes(app)
     analysis.setup_routes(app)
     batch.setup_routes(app)
     camera.setup_routes(app)  # last: `/{repo}` matches any single path segment

@@ -10,8 +10,11 @@ from aiohttp import web
 
 from server.batch.queue import JobQueue
 from server.live.builtins import BuiltinAnalyses
+from server.live.cameras import CameraRegistry
 from server.live.processors import ProcessorPool
+from server.live.recording import Recorder
 from server.live.sessions import SessionRegistry
+from server.live.webhooks import Webhooks
 from server.ops.lifecycle import Lifecycle
 from server.ops.metrics import Metrics
 from server.settings import Settings
@@ -28,6 +31,9 @@ encoder_executor_key = web.AppKey("encoder_executor", ThreadPoolExecutor)
 builtin_analyses_key = web.AppKey("builtin_analyses", BuiltinAnalyses)
 processor_pool_key = web.AppKey("processor_pool", ProcessorPool)
 session_registry_key = web.AppKey("session_registry", SessionRegistry)
+camera_registry_key = web.AppKey("camera_registry", CameraRegistry)
+recorder_key = web.AppKey("recorder", Recorder)
+webhooks_key = web.AppKey("webhooks", Webhooks)
 job_queue_key = web.AppKey("job_queue", JobQueue)
 lifecycle_key = web.AppKey("lifecycle", Lifecycle)
 metrics_key = web.AppKey("metrics", Metrics)

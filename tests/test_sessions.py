@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from apps import LiveClient
 from server.keys import socketio_key
 
 if TYPE_CHECKING:
@@ -132,10 +133,14 @@ async def test_generated_id_is_announced(
         assert (await client.process(live_frames.encode(index)))["ok"]
     (result,) = await client.until_results(1)
     assert result["clip"]["session_id"] == session_id
-    # A client that brings its id gets no announcement.
-    other = await server.connect()
-    await other.process(live_frames.encode())
+    # A client that brings its id and its camera name gets no announcement.
+    other = LiveClient()
+    auth = {"session_id": await server.session_id(), "camera": "gate"}
+    await other.sio.connect(server.url, auth=auth, transports=["websocket"])
+    assert (await other.process(live_frames.encode()))["camera"] == "gate"
+    await other.sio.call("test", "flush")  # events sent before this ack have arrived
     assert other.events["session"] == []
+    await other.sio.disconnect()
 
 
 @pytest.mark.parametrize("in_query", [True, False], ids=["query", "auth"])

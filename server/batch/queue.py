@@ -10,8 +10,9 @@ order. The upload is removed when its job ends, whatever the ending.
 Every change of a job's status is saved (:func:`server.batch.jobs.save_job`). On start
 (:meth:`JobQueue.start`) jobs a previous run left queued or running are marked failed with
 :data:`RESTARTED` and every leftover upload is removed; finished jobs are kept ``[batch] keep``
-seconds after they end, then purged (lazily, whenever the queue is used). :meth:`JobQueue.close`
-is the stop: waiting jobs fail at once, running ones get a grace period.
+seconds after they end, then purged (lazily, whenever the queue is used). Every job that ends,
+done or failed, is published to the webhooks (event ``batch``). :meth:`JobQueue.close` is the
+stop: waiting jobs fail at once, running ones get a grace period.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from server.batch.jobs import STATUSES, UNFINISHED, Job, load_jobs, save_job
 from server.batch.uploads import Upload, remove_file
 from server.errors import BatchUnavailable, FramehubError, JobNotFound
 from server.live.processors import Payload, ProcessorPool
+from server.live.webhooks import Webhooks
 from server.media.probe import VideoInfo
 from server.ops.metrics import Metrics
 from server.settings import Settings
@@ -45,9 +47,12 @@ STOPPING = "the server is stopping; send the video again later"
 class JobQueue:
     """The batch jobs of one app: a FIFO of waiting jobs, the running ones and the finished ones."""
 
-    def __init__(self, settings: Settings, pool: ProcessorPool, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, pool: ProcessorPool, webhooks: Webhooks, metrics: Metrics
+    ) -> None:
         self._batch = settings.batch
         self._pool = pool
+        self._webhooks = webhooks
         # Absolute, as the probe runs in another working directory.
         self.uploads_dir = (settings.server.state_dir / "uploads").absolute()
         self._jobs_dir = settings.server.state_dir / "jobs"
@@ -147,6 +152,7 @@ class JobQueue:
             job = self._waiting.popleft()
             await self._discard_upload(job)
             job.end("failed", error=NOT_STARTED)
+            self._published(job)
             self._save(job)
         running = list(self._running.values())
         if running:
@@ -179,6 +185,7 @@ class JobQueue:
         except asyncio.CancelledError:
             await self._discard_upload(job)
             job.end("failed", error=STOPPED)
+            self._published(job)
             self._save(job)  # on the loop: a task being stopped may not get another turn
             raise
         except Exception as exc:
@@ -186,6 +193,7 @@ class JobQueue:
             error = f"internal error while analysing: {exc}"
         await self._discard_upload(job)
         job.end("failed" if error else "done", result=result, error=error)
+        self._published(job)
         _LOGGER.info("batch job %s %s in %.1f s", job.id, job.status, time.time() - job.started_at)
         try:
             await asyncio.to_thread(self._save, job)
@@ -197,6 +205,9 @@ class JobQueue:
         if job.upload is not None:
             path, job.upload = Path(job.upload), None
             await remove_file(path)
+
+    def _published(self, job: Job) -> None:
+        self._webhooks.publish("batch", {"event": "batch", **job.describe(None)})
 
     def _save(self, job: Job) -> None:
         save_job(self._jobs_dir, job)

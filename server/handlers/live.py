@@ -5,7 +5,14 @@ parameter ``[sessions] session_id_name`` or the ``auth`` dict) and streams frame
 events. :class:`LiveNamespace` only translates: per-connection state lives in the
 :class:`server.live.sessions.SessionRegistry`, keyed by sid, never on the namespace.
 
-A generated id is announced in a ``session`` event from a task started by ``on_connect``:
+Every session is a camera named with ``camera`` (in ``/get_session_id?camera=NAME``, the connect's
+``auth`` dict or its query) or under a generated name. A connection with ``auth={"watch": true}``
+(or ``?watch=1``) streams nothing: it only ``watch``es cameras, joining the Socket.IO room
+``camera:NAME`` whose ``result`` events the camera registry broadcasts; with ``[live] public`` it
+needs no token.
+
+A generated id or camera name is announced in a ``session`` event from a task started by
+``on_connect``:
 python-socketio sends the connect packet as soon as the handler returns, before that task first
 runs, so the event always reaches a connected client.
 """
@@ -19,8 +26,9 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from server.errors import FramehubError
+from server.errors import FramehubError, InvalidCameraName
 from server.keys import processor_pool_key, session_registry_key, settings_key
+from server.live.cameras import check_camera_name
 from server.live.processors import public_description
 from server.web.auth import bearer_token, require_token, token_matches
 
@@ -28,10 +36,17 @@ _LOGGER = logging.getLogger(__name__)
 
 
 async def get_session_id(request: web.Request) -> web.Response:
-    """``GET /get_session_id``: ``{"session_id": ...}`` for one connection."""
+    """``GET /get_session_id[?camera=NAME]``: ``{"session_id": ...}`` for one connection."""
     require_token(request)
-    session_id = request.app[session_registry_key].issue_id()
-    return web.json_response({"session_id": session_id}, headers={"Cache-Control": "no-store"})
+    camera = request.query.get("camera")
+    session_id = request.app[session_registry_key].issue_id(camera)
+    body = {"session_id": session_id} | ({"camera": camera} if camera else {})
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def camera_room(name: str) -> str:
+    """The Socket.IO room of camera ``name``'s watchers."""
+    return f"camera:{name}"
 
 
 async def options(request: web.Request) -> web.Response:
@@ -48,7 +63,7 @@ async def options(request: web.Request) -> web.Response:
 
 
 class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    """Socket.IO events of the default namespace: connect, disconnect, test, process."""
+    """Socket.IO events of the default namespace: connect, disconnect, test, process, watch."""
 
     def __init__(self, app: web.Application) -> None:
         super().__init__("/")
@@ -57,31 +72,49 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         settings = self._app[settings_key]
         auth = auth if isinstance(auth, dict) else {}
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+
+        def given(key: str) -> Any:
+            return auth.get(key) if key in auth else (query.get(key) or [None])[0]
+
+        watch_only = given("watch") in (True, "1", "true")
         token = auth.get("token") or bearer_token(environ.get("HTTP_AUTHORIZATION"))
-        if not token_matches(settings.server.api_token, token if isinstance(token, str) else None):
+        needs_token = not (watch_only and settings.live.public)
+        if needs_token and not token_matches(
+            settings.server.api_token, token if isinstance(token, str) else None
+        ):
             raise socketio.exceptions.ConnectionRefusedError(
                 "missing or wrong API token: connect with auth={'token': TOKEN}"
             )
-        name = settings.sessions.session_id_name
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        session_id = auth.get(name) or (query.get(name) or [None])[0]
+        if watch_only:
+            _LOGGER.info("watcher connected as %s", sid)
+            return
+        session_id = given(settings.sessions.session_id_name)
         if session_id is not None and not isinstance(session_id, str):
             session_id = None
-        registry = self._app[session_registry_key]
+        camera = given("camera")
 
         async def emit_result(message: dict[str, Any]) -> None:
             await self.emit("result", message, to=sid)
 
         try:
-            session = registry.open(sid, session_id, emit_result)
+            session, taken_from = await self._app[session_registry_key].open(
+                sid, session_id, emit_result, camera
+            )
         except FramehubError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        _LOGGER.info("session %s… connected as %s", session.session_id[:8], sid)
-        if session_id is None:
+        _LOGGER.info(
+            "session %s… connected as %s, camera %s",
+            session.session_id[:8],
+            sid,
+            session.camera.name,
+        )
+        if taken_from is not None:  # its session is ended already; now its connection
+            self.server.start_background_task(self.server.disconnect, taken_from)
+        if session_id is None or camera is None:
             # Runs after the connect packet is sent (see the module docstring).
-            self.server.start_background_task(
-                self.emit, "session", {"session_id": session.session_id}, to=sid
-            )
+            announcement = {"session_id": session.session_id, "camera": session.camera.name}
+            self.server.start_background_task(self.emit, "session", announcement, to=sid)
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         _LOGGER.info("session of %s disconnected (%s)", sid, reason or "client")
@@ -94,8 +127,38 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_process(self, sid: str, data: Any = None) -> dict[str, Any]:
         session = self._app[session_registry_key].get(sid)
         if session is None:
-            return {"ok": False, "error": "no live session for this connection"}
+            return {
+                "ok": False,
+                "error": "no live session for this connection: connect with a session id to "
+                "stream frames",
+            }
         return await session.process(data)
+
+    async def on_watch(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``watch {"camera": NAME}``: this connection gets that camera's ``result`` events."""
+        try:
+            name = _watched_camera(data)
+        except FramehubError as exc:
+            return {"ok": False, "error": str(exc)}
+        await self.server.enter_room(sid, camera_room(name))
+        return {"ok": True, "camera": name}
+
+    async def on_unwatch(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``unwatch {"camera": NAME}``: no more of that camera's events."""
+        try:
+            name = _watched_camera(data)
+        except FramehubError as exc:
+            return {"ok": False, "error": str(exc)}
+        await self.server.leave_room(sid, camera_room(name))
+        return {"ok": True, "camera": name}
+
+
+def _watched_camera(data: Any) -> str:
+    """The camera of a ``watch``/``unwatch`` payload ``{"camera": NAME}``."""
+    name = data.get("camera") if isinstance(data, dict) else None
+    if name is None:
+        raise InvalidCameraName('name the camera to watch: send {"camera": NAME}')
+    return check_camera_name(name)
 
 
 def setup_routes(app: web.Application) -> None:

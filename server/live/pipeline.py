@@ -7,6 +7,8 @@ groups them into windows of ``[clips] frames`` (advancing by ``stride``; a parti
 flushed after ``max_wait``), encodes each window with :func:`server.media.clips.encode_clip` on the
 encoder executor, hands the clip to the processors and passes ``{"clip": ..., "result": ...}`` to
 the session's ``emit`` callback. Analyses overlap with the next encode, but results leave in order.
+Every session is a live camera (:class:`server.live.cameras.Camera`): each frame queued and each
+result is handed to it too, for the dashboards that watch it.
 
 A session ends in one of two ways (:meth:`LiveSession.close`): with ``flush``, the frames already
 received go out as a last clip and its result is emitted before ``close`` returns; without, all
@@ -34,6 +36,7 @@ from server.ops.metrics import Metrics
 from server.settings import Settings
 
 if TYPE_CHECKING:
+    from server.live.cameras import Camera
     from server.media.clips import EncodedClip
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ FRAME_SHAPE = (
 )
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 @dataclass(slots=True)
@@ -138,9 +142,12 @@ def parse_payload(payload: Any) -> tuple[bytes, float | None]:
 class LiveSession:
     """One connected client: its frame queue, encoder task and counters."""
 
-    def __init__(self, session_id: str, sid: str, pipeline: ClipPipeline, emit: Emit) -> None:
+    def __init__(
+        self, session_id: str, sid: str, pipeline: ClipPipeline, emit: Emit, camera: Camera
+    ) -> None:
         self.session_id = session_id
         self.sid = sid
+        self.camera = camera
         self._pipeline = pipeline
         self._settings = pipeline.settings
         self._emit = emit
@@ -196,6 +203,7 @@ class LiveSession:
                     "error": f"busy: {frames.queue_size} frames are waiting; frame not taken",
                 }
             self._queue.get_nowait()
+            self.camera.frame_dropped()
             self.counters.dropped += 1
             self._pipeline.metrics.frames_dropped.inc()
             self._dropped_unreported += 1
@@ -203,12 +211,24 @@ class LiveSession:
         self._next_number += 1
         self.counters.received += 1
         self._pipeline.metrics.frames_received.inc()
-        self._queue.put_nowait(IncomingFrame(number, data, info, time.time(), client_ts))
+        received_at = time.time()
+        self._queue.put_nowait(IncomingFrame(number, data, info, received_at, client_ts))
+        size = [info.width, info.height]
+        self.camera.frame_taken(
+            number,
+            data,
+            CONTENT_TYPES[info.format],
+            size,
+            received_at if client_ts is None else client_ts,
+        )
         if self._encoder is None:
             self._encoder = asyncio.get_running_loop().create_task(
                 self._encode_loop(), name=f"encoder-{self.sid}"
             )
-        return {"ok": True, "frame": number, "size": [info.width, info.height]}
+        ack: dict[str, Any] = {"ok": True, "frame": number, "size": size}
+        if number == 0:  # the first ack tells a client under which name it is watched
+            ack["camera"] = self.camera.name
+        return ack
 
     def stop_taking_frames(self) -> None:
         """The server is stopping: refuse new frames (acks say ``stopping``), keep the rest."""
@@ -321,6 +341,7 @@ class LiveSession:
             message = {"clip": clip, "result": await self._pipeline.processors.analyse(payload)}
         if previous is not None:
             await asyncio.wait({previous})  # results leave in clip order
+        await self.camera.result_ready(message)
         if self._settings.sessions.emit_result:
             try:
                 await self._emit(message)

@@ -7,6 +7,10 @@ leaves ends its session (:meth:`SessionRegistry.end`): the id is invalid at once
 already received go out as a last clip in the background (``[sessions] final_clip``), then
 everything is freed.
 
+Each session is a camera (:class:`server.live.cameras.CameraRegistry`): under the name the client
+asked for, when it got its id (``GET /get_session_id?camera=NAME``) or when it connected, or under
+a generated one. A session that takes over a name in use ends the session that had it.
+
 A server stop goes through :meth:`SessionRegistry.finish`: no new sessions, every session stops
 taking frames, and each last clip is analysed and its result emitted while its client is still
 connected; only then does the caller disconnect the clients.
@@ -19,6 +23,7 @@ import secrets
 import time
 
 from server.errors import ServerStopping, SessionRefused, TooManyPendingSessions
+from server.live.cameras import CameraRegistry, check_camera_name
 from server.live.pipeline import ClipPipeline, Emit, LiveSession
 from server.settings import Settings
 
@@ -29,10 +34,12 @@ STOPPING = "the server is stopping; connect again in a moment"
 class SessionRegistry:
     """Unused session ids and live sessions; one per app, see ``server.app``."""
 
-    def __init__(self, settings: Settings, pipeline: ClipPipeline) -> None:
+    def __init__(self, settings: Settings, pipeline: ClipPipeline, cameras: CameraRegistry) -> None:
         self._settings = settings.sessions
         self.pipeline = pipeline
-        self._pending: dict[str, float] = {}
+        self.cameras = cameras
+        # Unused ids: when each expires, and the camera name asked for with it.
+        self._pending: dict[str, tuple[float, str | None]] = {}
         self._live: dict[str, LiveSession] = {}
         self._ids_in_use: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
@@ -54,8 +61,11 @@ class SessionRegistry:
         """Sessions ended whose last clip is still being made or analysed."""
         return len(self._closing)
 
-    def issue_id(self) -> str:
-        """A new session id, valid for ``ttl`` seconds until a client connects with it."""
+    def issue_id(self, camera: str | None = None) -> str:
+        """A new session id, valid for ``ttl`` seconds until a client connects with it; the
+        session will be camera ``camera`` unless the connect names another."""
+        if camera is not None:
+            check_camera_name(camera)
         if self._stopping:
             raise ServerStopping(STOPPING)
         self._purge_expired()
@@ -65,22 +75,28 @@ class SessionRegistry:
                 f"you have or retry after they expire ({self._settings.ttl:g} s)"
             )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-        self._pending[session_id] = time.monotonic() + self._settings.ttl
+        self._pending[session_id] = (time.monotonic() + self._settings.ttl, camera)
         return session_id
 
     def _purge_expired(self) -> None:
         # Ids are issued in time order with one ttl, so the expired ones are at the front.
         now = time.monotonic()
         while self._pending:
-            session_id, expires = next(iter(self._pending.items()))
+            session_id, (expires, _camera) = next(iter(self._pending.items()))
             if expires > now:
                 break
             del self._pending[session_id]
 
-    def open(self, sid: str, session_id: str | None, emit: Emit) -> LiveSession:
-        """Start the session of a connecting client; a None id makes a new one when allowed."""
+    async def open(
+        self, sid: str, session_id: str | None, emit: Emit, camera: str | None = None
+    ) -> tuple[LiveSession, str | None]:
+        """Start the session of a connecting client as camera ``camera`` (else the name asked
+        for with its id, else a new one); a None id makes a new one when allowed. Also the sid of
+        the session whose camera was taken over, which the caller disconnects."""
         if self._stopping:
             raise SessionRefused(STOPPING)
+        if camera is not None:
+            check_camera_name(camera)
         name = self._settings.session_id_name
         if session_id is None:
             if not self._settings.generate_session_id_on_connect:
@@ -93,12 +109,29 @@ class SessionRegistry:
             self._purge_expired()
             if session_id in self._ids_in_use:
                 raise SessionRefused("session id already in use by another connection")
-            if self._pending.pop(session_id, None) is None:
+            pending = self._pending.get(session_id)
+            if pending is None:
                 raise SessionRefused("unknown or expired session id; get a new one")
-        session = LiveSession(session_id, sid, self.pipeline, emit)
-        self._live[sid] = session
+            camera = camera or pending[1]
+        # The id is taken only now, after the checks that may refuse (a camera refused keeps it).
         self._ids_in_use.add(session_id)
-        return session
+        try:
+            claimed, taken_from = await self.cameras.claim(
+                camera or self.cameras.generate_name(), sid
+            )
+        except BaseException:
+            self._ids_in_use.discard(session_id)
+            raise
+        self._pending.pop(session_id, None)
+        if self._stopping:  # stopped while the camera was claimed: release it again
+            self._ids_in_use.discard(session_id)
+            await self.cameras.release(claimed, sid)
+            raise SessionRefused(STOPPING)
+        session = LiveSession(session_id, sid, self.pipeline, emit, claimed)
+        self._live[sid] = session
+        if taken_from is not None:
+            self.end(taken_from)
+        return session, taken_from
 
     def get(self, sid: str) -> LiveSession | None:
         """The live session of a Socket.IO connection."""
@@ -115,10 +148,15 @@ class SessionRegistry:
 
     def _close_in_background(self, session: LiveSession) -> None:
         task = asyncio.get_running_loop().create_task(
-            session.close(flush=self._settings.final_clip), name=f"close-{session.sid}"
+            self._close(session), name=f"close-{session.sid}"
         )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def _close(self, session: LiveSession) -> None:
+        # Offline at once; the last clip still reaches the camera's watchers.
+        await self.cameras.release(session.camera, session.sid)
+        await session.close(flush=self._settings.final_clip)
 
     async def finish(self, deadline: float) -> None:
         """The stop: refuse new sessions and frames, and send every last clip's result to its
