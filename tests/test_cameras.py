@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
+from common import write_video
 from conftest import LIVE_TIMEOUT, Images, LiveClient
 from server.keys import camera_registry_key
 from server.web.mjpeg import MJPEG_BOUNDARY
@@ -327,3 +331,104 @@ async def test_public_live_routes_are_open_with_a_token_set(live_server: LiveSer
         assert resp.status == 200
     watcher = await connect_camera(server, watch=True)  # watching needs no token
     assert watcher.sio.connected
+
+
+async def test_a_recorded_camera_becomes_a_repository(
+    live_server: LiveServerFactory, tmp_path: Path
+) -> None:
+    repositories = tmp_path / "repos"
+    server = await live_server(
+        repositories={"dir": str(repositories), "rescan_interval": 0.0},
+        recording={"cameras": ["gate"], "repository": "rec-{camera}"},
+    )
+    camera = await connect_camera(server, "gate")
+    frames = [Images.encode(index, size=(80, 60)) for index in range(3)]
+    for frame in frames:
+        assert (await camera.process(frame))["ok"]
+    assert (await get_json(server, "/live"))["gate"]["recording"] == "rec-gate"
+    await server.until(
+        lambda: len(list((repositories / "rec-gate").glob("frame-*"))) == 3, "3 files"
+    )
+    listing = await get_json(server, "/")
+    assert listing["rec-gate"]["count"] == 3
+    for index, frame in enumerate(frames):  # replayed in arrival order, bytes as received
+        async with server.http.get(f"{server.url}/rec-gate/frames/{index}") as resp:
+            assert await resp.read() == frame
+    # A reconnect continues the numbering.
+    await camera.disconnect()
+    again = await connect_camera(server, "gate")
+    assert (await again.process(Images.encode(9, size=(80, 60))))["ok"]
+    await server.until(
+        lambda: len(list((repositories / "rec-gate").glob("frame-*"))) == 4, "4 files"
+    )
+    assert sorted(path.name.split("-")[1] for path in (repositories / "rec-gate").iterdir()) == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
+
+
+async def test_recording_into_an_unrelated_repository_is_refused_at_connect(
+    live_server: LiveServerFactory, tmp_path: Path
+) -> None:
+    repositories = tmp_path / "repos"
+    Images().folder(repositories / "gate", ["holiday-1.jpg", "holiday-2.jpg"])
+    server = await live_server(
+        repositories={"dir": str(repositories)}, recording={"cameras": ["*"]}
+    )
+    client = LiveClient()
+    session_id = await server.session_id()
+    with pytest.raises(Exception, match=r"Connection refused|One or more namespaces failed"):
+        await client.sio.connect(
+            server.url, auth={"session_id": session_id, "camera": "gate"}, transports=["websocket"]
+        )
+    reason = str(client.connect_errors[-1])
+    assert "gate" in reason and "[recording] repository" in reason
+    assert sorted(path.name for path in (repositories / "gate").iterdir()) == [
+        "holiday-1.jpg",
+        "holiday-2.jpg",
+    ]
+    assert "gate" not in await get_json(server, "/live")
+
+
+async def test_results_and_camera_events_reach_the_webhooks(
+    live_server: LiveServerFactory, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    hook_server = await aiohttp_server(receiver)
+    server = await live_server(
+        clips={"frames": 2},
+        processors={"summary": {"builtin": "summary"}},
+        webhooks={"all": {"url": str(hook_server.make_url("/hook")), "retries": 0}},
+    )
+    camera = await connect_camera(server, "gate")
+    for index in range(2):
+        assert (await camera.process(Images.encode(index)))["ok"]
+    await camera.until_results(1)
+    await camera.disconnect()
+    await server.until(lambda: len(received) >= 3, "three webhook events")
+    online, result, offline = received[:3]
+    assert online == {"event": "camera", "camera": "gate", "online": True}
+    assert result["event"] == "result" and result["camera"] == "gate"
+    assert result["result"]["summary"]["frames"] == 2
+    assert offline == {"event": "camera", "camera": "gate", "online": False}
+    # A finished batch job goes out too.
+    video = write_video(
+        tmp_path / "clip.mp4", [Images.picture(i) for i in range(4)], size=(64, 48), fps=10
+    )
+    form = aiohttp.FormData()
+    form.add_field("file", video.read_bytes(), filename="clip.mp4", content_type="video/mp4")
+    async with server.http.post(f"{server.url}/batch", data=form) as resp:
+        job = (await resp.json())["job"]
+    await server.until(lambda: len(received) >= 4, "the batch webhook event")
+    batch = received[3]
+    assert (batch["event"], batch["job"], batch["status"]) == ("batch", job, "done")
+    assert batch["result"]["summary"]["frames"] == 4
