@@ -69,6 +69,18 @@ async def test_send_a_folder_of_images(
     await server.until_sessions_freed()
 
 
+async def test_send_as_a_named_camera(
+    live_server: LiveServerFactory, images: Images, tmp_path: Path
+) -> None:
+    server = await live_server(processors=PROCESSORS, live={"keep": 60.0})
+    folder = images.folder(tmp_path / "frames", FRAME_NAMES[:4])
+    report, _results = await run(server, str(folder), camera="gate")
+    assert report.frames_accepted == 4
+    async with server.http.get(f"{server.url}/live") as resp:
+        gate = (await resp.json())["gate"]
+    assert (gate["frames"], gate["clips"]) == (4, 1)
+
+
 async def test_send_counts_rejected_frames(
     live_server: LiveServerFactory, images: Images, tmp_path: Path
 ) -> None:

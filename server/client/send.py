@@ -119,6 +119,7 @@ async def send(
     settle: float = 5.0,
     quality: int = 85,
     out: Any = None,
+    camera: str | None = None,
 ) -> SendReport:
     """Stream ``source`` to ``server`` and collect its results (see the module docstring)."""
     out = out if out is not None else sys.stdout
@@ -145,6 +146,8 @@ async def send(
         sio.on("result", on_result)
 
         auth: dict[str, str] = {session_id_name: session_id}
+        if camera:
+            auth["camera"] = camera
         if token:
             auth["token"] = token
         await sio.connect(server, auth=auth, transports=["websocket"])
@@ -281,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second (0: no pause)")
     parser.add_argument("--frames", type=int, help="stop after this many frames")
     parser.add_argument("--token", help="API token, when the server has one")
+    parser.add_argument("--camera", help="the live camera name to stream as (default: generated)")
     parser.add_argument("--session-id-name", default="session_id")
     parser.add_argument(
         "--settle", type=float, default=5.0, help="seconds to wait for late results (default 5)"
@@ -309,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             session_id_name=args.session_id_name,
             settle=args.settle,
             quality=args.quality,
+            camera=args.camera,
         )
     )
     print(json.dumps(asdict(report)), file=sys.stderr)
