@@ -60,6 +60,7 @@ from server.media.images import placeholder_jpeg
 from server.ops.lifecycle import Lifecycle
 from server.ops.metrics import Metrics
 from server.ops.systemd import Notifier
+from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
 from server.store.repositories import RepositoryStore
 from server.web.auth import cors_middleware
@@ -172,9 +173,7 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[metrics_key].watch_event_loop(), name="loop-lag"),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(tasks)
 
 
 async def stop(app: web.Application) -> None:

@@ -33,6 +33,7 @@ from server.live.processors import Payload, ProcessorPool
 from server.live.webhooks import Webhooks
 from server.media.probe import VideoInfo
 from server.ops.metrics import Metrics
+from server.ops.tasks import wait_then_cancel
 from server.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -154,13 +155,7 @@ class JobQueue:
             job.end("failed", error=NOT_STARTED)
             self._published(job)
             self._save(job)
-        running = list(self._running.values())
-        if running:
-            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
-            _, late = await asyncio.wait(running, timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await wait_then_cancel(list(self._running.values()), deadline)
 
     def _dispatch(self) -> None:
         while self._waiting and len(self._running) < self._batch.concurrency and not self._closing:

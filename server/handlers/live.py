@@ -20,6 +20,7 @@ runs, so the event always reaches a connected client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -136,29 +137,25 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_watch(self, sid: str, data: Any = None) -> dict[str, Any]:
         """``watch {"camera": NAME}``: this connection gets that camera's ``result`` events."""
-        try:
-            name = _watched_camera(data)
-        except FramehubError as exc:
-            return {"ok": False, "error": str(exc)}
-        await self.server.enter_room(sid, camera_room(name))
-        return {"ok": True, "camera": name}
+        return await self._watch(sid, data, self.server.enter_room)
 
     async def on_unwatch(self, sid: str, data: Any = None) -> dict[str, Any]:
         """``unwatch {"camera": NAME}``: no more of that camera's events."""
+        return await self._watch(sid, data, self.server.leave_room)
+
+    @staticmethod
+    async def _watch(
+        sid: str, data: Any, join_or_leave: Callable[[str, str], Awaitable[None]]
+    ) -> dict[str, Any]:
+        name = data.get("camera") if isinstance(data, dict) else None
         try:
-            name = _watched_camera(data)
+            if name is None:
+                raise InvalidCameraName('name the camera to watch: send {"camera": NAME}')
+            check_camera_name(name)
         except FramehubError as exc:
             return {"ok": False, "error": str(exc)}
-        await self.server.leave_room(sid, camera_room(name))
+        await join_or_leave(sid, camera_room(name))
         return {"ok": True, "camera": name}
-
-
-def _watched_camera(data: Any) -> str:
-    """The camera of a ``watch``/``unwatch`` payload ``{"camera": NAME}``."""
-    name = data.get("camera") if isinstance(data, dict) else None
-    if name is None:
-        raise InvalidCameraName('name the camera to watch: send {"camera": NAME}')
-    return check_camera_name(name)
 
 
 def setup_routes(app: web.Application) -> None:

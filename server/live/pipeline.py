@@ -33,6 +33,7 @@ from server.errors import FrameRejected
 from server.live.processors import Payload, ProcessorPool
 from server.media.frames import FrameInfo, first_pixel, inspect_frame
 from server.ops.metrics import Metrics
+from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -253,9 +254,7 @@ class LiveSession:
             if task is not None and task.cancelling():
                 raise
         finally:
-            for analysis in self._analyses:
-                analysis.cancel()
-            await asyncio.gather(*self._analyses, return_exceptions=True)
+            await cancel_and_wait(self._analyses)
             self._analyses.clear()
             self._queue = asyncio.Queue()
 

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 from server.errors import RecordingRefused
 from server.names import is_image_name, is_valid_repository_name
 from server.ops.metrics import Metrics
+from server.ops.tasks import cancel_and_wait
 from server.settings import RecordingSettings, Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -492,8 +493,6 @@ class Recorder:
             # Frames offered while the queues drained were still taken; from now on none is.
             self._closed = True
             tasks = [r.task for r in running if r.task is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             for recording in running:
                 recording.task = None

@@ -25,6 +25,7 @@ import time
 from server.errors import ServerStopping, SessionRefused, TooManyPendingSessions
 from server.live.cameras import CameraRegistry, check_camera_name
 from server.live.pipeline import ClipPipeline, Emit, LiveSession
+from server.ops.tasks import wait_then_cancel
 from server.settings import Settings
 
 SESSION_ID_BYTES = 24  # 192 random bits
@@ -169,10 +170,4 @@ class SessionRegistry:
         for session in self._live.values():
             session.stop_taking_frames()
             self._close_in_background(session)
-        if not self._closing:
-            return
-        timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
-        _, late = await asyncio.wait(set(self._closing), timeout=timeout)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
+        await wait_then_cancel(set(self._closing), deadline)

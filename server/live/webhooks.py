@@ -29,6 +29,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from server.ops.metrics import Metrics
+from server.ops.tasks import cancel_and_wait
 from server.settings import Settings, WebhookSettings
 from server.web.retries import AttemptFailed, attempt_errors, http_failure, with_retries
 
@@ -185,6 +186,4 @@ class Webhooks:
             # Events published while the queues drained were still taken; from now on none is.
             self._closed = True
             tasks = [s.task for s in running if s.task is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)

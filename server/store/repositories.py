@@ -28,6 +28,7 @@ from server.errors import FramehubError, FrameNotFound, InvalidRepositoryName, R
 from server.media.images import write_demo_repository
 from server.names import image_content_type, is_image_name, is_valid_repository_name, natural_key
 from server.ops.metrics import Metrics
+from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
 from server.store.downloads import ArchiveDownloader
 from server.store.frame_cache import FrameCache, FrameKey
@@ -136,9 +137,7 @@ class RepositoryStore:
     async def close(self) -> None:
         """Cancel running downloads and remove their work files."""
         tasks = [repo.download for repo in self._repositories.values() if repo.download]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 
     @property
