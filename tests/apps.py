@@ -92,6 +92,22 @@ class Framehub:
         except TimeoutError:
             pytest.fail(f"repository {name!r} still preparing after {seconds} s: {info}")
 
+    async def failed(
+        self,
+        client: FramehubClient,
+        settings: Settings,
+        name: str,
+        error: str,
+        seconds: float = 5.0,
+    ) -> dict[str, Any]:
+        """Wait until repository ``name`` failed for ``error``, leaving nothing on disk; its
+        description."""
+        info = await self.settled(client, name, seconds)
+        assert info["status"] == "failed", info
+        assert error in info["error"], info
+        self.assert_nothing_left(settings, name)
+        return info
+
     @staticmethod
     def assert_nothing_left(settings: Settings, name: str) -> None:
         """Neither repository ``name`` nor any download work folder is on disk."""

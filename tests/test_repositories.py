@@ -370,11 +370,7 @@ async def test_source_refuses_connections(
     settings = make_settings(repositories={"source_url": refused_url})
     client = await framehub.client(settings)
 
-    info = await framehub.settled(client, "cam")
-
-    assert info["status"] == "failed"
-    assert "cannot connect" in info["error"]
-    framehub.assert_nothing_left(settings, "cam")
+    await framehub.failed(client, settings, "cam", "cannot connect")
 
 
 async def test_source_times_out(
@@ -388,12 +384,8 @@ async def test_source_times_out(
     client = await framehub.client(settings)
     started = time.monotonic()
 
-    info = await framehub.settled(client, "cam", seconds=2.5)
-
+    await framehub.failed(client, settings, "cam", "timed out", seconds=2.5)
     assert time.monotonic() - started < 2.5
-    assert info["status"] == "failed"
-    assert "timed out" in info["error"]
-    framehub.assert_nothing_left(settings, "cam")
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["with-length", "chunked"])
@@ -411,11 +403,7 @@ async def test_archive_over_download_limit(
     )
     client = await framehub.client(settings)
 
-    info = await framehub.settled(client, "cam")
-
-    assert info["status"] == "failed"
-    assert "max_download_bytes" in info["error"]
-    framehub.assert_nothing_left(settings, "cam")
+    await framehub.failed(client, settings, "cam", "max_download_bytes")
 
 
 async def test_failed_download_waits_for_the_backoff(
@@ -466,10 +454,7 @@ async def test_failed_retries_each_clean_up(
     for attempt in range(1, 4):
         if attempt > 1:
             await asyncio.sleep(0.05 * 2**attempt / 2)  # past the backoff, doubled each failure
-        info = await framehub.settled(client, "cam")
-        assert info["status"] == "failed"
-        assert "escapes" in info["error"]
-        framehub.assert_nothing_left(settings, "cam")
+        await framehub.failed(client, settings, "cam", "escapes")
         assert len(tar_source.requests) == attempt
 
 
