@@ -47,9 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=_port, help="port to listen on (overrides [server] port)")
     parser.add_argument(
         "--log-level",
-        default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (default INFO)",
+        help="log level (overrides [server] log_level, default INFO)",
     )
     return parser.parse_args(argv)
 
@@ -60,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         print(python_too_old(sys.version_info), file=sys.stderr)
         return 2
     args = parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO")
     try:
         settings = load_settings(args.config)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         if overrides:
             server = dataclasses.replace(settings.server, **overrides)
             settings = dataclasses.replace(settings, server=server)
-        setup_logging(args.log_level, secrets_of(settings))
+        setup_logging(args.log_level or settings.server.log_level, secrets_of(settings))
         app = create_app(settings)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)

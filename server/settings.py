@@ -115,6 +115,13 @@ class ServerSettings:
         [], (_origins, 'a list of origins such as "https://example.com", or ["*"]')
     )
     shutdown_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+    log_level: str = _setting(
+        "INFO",
+        (
+            lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            '"DEBUG", "INFO", "WARNING" or "ERROR"',
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
