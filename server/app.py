@@ -19,6 +19,7 @@ every connection; it is also the app's first ``on_shutdown`` step, so an app sto
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from cryptography.fernet import Fernet
 from server.batch.queue import JobQueue
 from server.handlers import analysis, batch, camera, cameras, live, service
 from server.keys import (
+    ReloadedSettings,
     builtin_analyses_key,
     camera_registry_key,
     client_session_key,
@@ -43,6 +45,7 @@ from server.keys import (
     placeholder_key,
     processor_pool_key,
     recorder_key,
+    reloaded_settings_key,
     repository_store_key,
     session_registry_key,
     settings_key,
@@ -195,6 +198,30 @@ async def stop(app: web.Application) -> None:
     await app[in_flight_key].wait_idle(lifecycle.deadline)
 
 
+# The tables a reload (SIGHUP) applies; the others need a restart.
+RELOADED_TABLES = ("processors", "webhooks", "recording")
+# How long webhooks removed by a reload may take to deliver what they hold.
+RELOAD_DRAIN = 5.0
+
+
+async def reload(app: web.Application, settings: Settings) -> list[str]:
+    """Apply ``[processors]``, ``[webhooks]`` and ``[recording]`` of ``settings`` to the running
+    app, dropping no session, download or job; the tables that changed but need a restart."""
+    running = app[reloaded_settings_key].current
+    app[processor_pool_key].reconfigure(settings)
+    app[recorder_key].reconfigure(settings)
+    await app[camera_registry_key].reconfigure_recording()
+    deadline = asyncio.get_running_loop().time() + RELOAD_DRAIN
+    await app[webhooks_key].reconfigure(settings, deadline)
+    app[reloaded_settings_key].current = settings
+    return [
+        field.name
+        for field in dataclasses.fields(Settings)
+        if field.name not in RELOADED_TABLES
+        and getattr(running, field.name) != getattr(settings, field.name)
+    ]
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the framehub application for ``settings``."""
     in_flight = InFlight()
@@ -203,6 +230,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=CLIENT_MAX_SIZE,
     )
     app[settings_key] = settings
+    app[reloaded_settings_key] = ReloadedSettings(settings)
     app[in_flight_key] = in_flight
     app[metrics_key] = Metrics()
     app[lifecycle_key] = Lifecycle(Notifier(), settings.server.shutdown_timeout)

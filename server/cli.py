@@ -16,11 +16,12 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from server.app import create_app, stop
+from server.app import create_app, reload, stop
 from server.keys import lifecycle_key
 from server.ops.logs import secrets_of, setup_logging
 from server.settings import Settings, SettingsError, load_settings
@@ -61,18 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level or "INFO")
     try:
-        settings = load_settings(args.config)
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        if overrides:
-            server = dataclasses.replace(settings.server, **overrides)
-            settings = dataclasses.replace(settings, server=server)
+        settings = effective_settings(args)
         setup_logging(args.log_level or settings.server.log_level, secrets_of(settings))
         app = create_app(settings)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)
         return 2
+
+    def reload_settings() -> Settings:
+        settings = effective_settings(args)
+        setup_logging(args.log_level or settings.server.log_level, secrets_of(settings))
+        return settings
+
     try:
-        asyncio.run(serve(app, settings))
+        asyncio.run(serve(app, settings, reload_settings))
     except OSError as exc:  # typically the port is taken
         print(
             f"framehub: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}",
@@ -80,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def effective_settings(args: argparse.Namespace) -> Settings:
+    """The settings the command line names, with ``--host`` and ``--port`` applied."""
+    settings = load_settings(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        server = dataclasses.replace(settings.server, **overrides)
+        settings = dataclasses.replace(settings, server=server)
+    return settings
 
 
 def python_too_old(version: tuple[object, ...]) -> str:
@@ -91,12 +104,43 @@ def python_too_old(version: tuple[object, ...]) -> str:
     )
 
 
-async def serve(app: web.Application, settings: Settings) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, then shut down in order (see the module docstring)."""
+async def _reload(app: web.Application, reload_settings: Callable[[], Settings]) -> None:
+    """One SIGHUP: new settings applied, or the running ones kept and the reason logged."""
+    try:
+        settings = reload_settings()
+    except SettingsError as exc:
+        _LOGGER.error("reload refused, running settings kept: %s", exc)
+        return
+    restart = await reload(app, settings)
+    _LOGGER.info(
+        "reloaded [processors], [webhooks], [recording] and log_level: %d processors, %d webhooks",
+        len(settings.processors),
+        len(settings.webhooks),
+    )
+    if restart:
+        _LOGGER.warning(
+            "settings changed that only a restart applies: %s",
+            ", ".join(f"[{table}]" for table in restart),
+        )
+
+
+async def serve(
+    app: web.Application, settings: Settings, reload_settings: Callable[[], Settings]
+) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then shut down in order (see the module docstring);
+    on SIGHUP, apply ``reload_settings()`` (see :func:`server.app.reload`)."""
     loop = asyncio.get_running_loop()
     stop_signal = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_signal.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload(app, reload_settings), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SLACK)
     await runner.setup()
     lifecycle = app[lifecycle_key]

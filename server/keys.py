@@ -21,7 +21,16 @@ from server.settings import Settings
 from server.store.repositories import RepositoryStore
 from server.web.socketio import InFlight
 
+
+class ReloadedSettings:
+    """The settings last applied by a reload (SIGHUP); ``settings_key`` keeps those of the start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.current = settings
+
+
 settings_key = web.AppKey("settings", Settings)
+reloaded_settings_key = web.AppKey("reloaded_settings", ReloadedSettings)
 client_session_key = web.AppKey("client_session", aiohttp.ClientSession)
 repository_store_key = web.AppKey("repository_store", RepositoryStore)
 placeholder_key = web.AppKey("placeholder_jpeg", bytes)

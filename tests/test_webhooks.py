@@ -413,3 +413,30 @@ async def test_header_values_never_reach_the_log(
         assert f"webhook {name}: result event not delivered" in caplog.text
     for value in secret_headers.values():
         assert value not in caplog.text
+
+
+async def test_reconfigure_keeps_starts_and_drains(
+    webhooks: WebhooksFactory, receiver: ReceiverFactory, make_settings: SettingsFactory
+) -> None:
+    kept, removed, added = await receiver(), await receiver(), await receiver()
+    hooks, _metrics = await webhooks(kept={"url": kept.url}, removed={"url": removed.url})
+    removed.gate.clear()  # its event is still being delivered when the reload comes
+    hooks.publish("result", {"event": "result", "n": 1})
+    await until(lambda: removed.received, "the removed webhook's event arriving", WAIT)
+    settings = make_settings(
+        webhooks={
+            "kept": {"url": kept.url, "headers": {"X-New": "yes"}},
+            "added": {"url": added.url},
+        }
+    )
+    loop = asyncio.get_running_loop()
+    reconfiguring = asyncio.create_task(hooks.reconfigure(settings, loop.time() + WAIT))
+    await asyncio.sleep(0)  # the new webhooks are in place; the removed one is draining
+    hooks.publish("result", {"event": "result", "n": 2})
+    removed.gate.set()
+    await asyncio.wait_for(reconfiguring, WAIT)
+    await until(lambda: len(kept.received) == 2 and added.received, "the deliveries", WAIT)
+    assert kept.bodies == [{"event": "result", "n": 1}, {"event": "result", "n": 2}]
+    assert kept.received[1].headers["X-New"] == "yes"  # its new settings apply
+    assert added.bodies == [{"event": "result", "n": 2}]
+    assert removed.bodies == [{"event": "result", "n": 1}]  # delivered, then it stopped

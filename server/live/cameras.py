@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from server.errors import CameraNotFound, CameraTaken, InvalidCameraName
+from server.errors import CameraNotFound, CameraTaken, FramehubError, InvalidCameraName
 from server.names import is_valid_repository_name
 from server.ops.metrics import Metrics
 from server.settings import Settings
@@ -303,6 +303,17 @@ class CameraRegistry:
                 await self._broadcast(camera.name, body)
             except Exception as exc:  # a watcher gone mid-emit must not cost the others
                 _LOGGER.debug("camera %s: result not broadcast: %s", camera.name, exc)
+
+    async def reconfigure_recording(self) -> None:
+        """After new ``[recording]`` settings: record, or stop recording, the cameras online."""
+        for camera in list(self._cameras.values()):
+            if not camera.online:
+                continue
+            try:
+                camera.recording = await self.recorder.open(camera.name)
+            except FramehubError as exc:  # its folder now holds another repository
+                _LOGGER.warning("camera %s: not recorded after the reload: %s", camera.name, exc)
+                camera.recording = None
 
     def end_streams(self) -> None:
         """The stop: every MJPEG and event stream ends at its next turn."""

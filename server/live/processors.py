@@ -84,6 +84,11 @@ class ProcessorPool:
         self._builtins = builtins
         self._limit = asyncio.Semaphore(settings.clips.max_concurrent_requests)
 
+    def reconfigure(self, settings: Settings) -> None:
+        """New ``[processors]``: payloads from now on go to these; those in flight finish as they
+        began."""
+        self.processors = dict(settings.processors)
+
     def select(self, names: Iterable[str] | None) -> list[str]:
         """The processors to use: all, or the ``names`` asked for (each must exist)."""
         if names is None:
@@ -98,29 +103,40 @@ class ProcessorPool:
         return chosen
 
     async def analyse(self, payload: Payload, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """``{NAME: answer or {"error", "status"}}`` for every chosen processor."""
-        chosen = self.select(names)
-        builtin = [name for name in chosen if self.processors[name].builtin]
-        remote = [name for name in chosen if not self.processors[name].builtin]
-        answers: dict[str, Any] = {}
+        """``{NAME: answer or {"error", "status"}}`` for every chosen processor.
+
+        Names are chosen against today's processors; a batch job chosen before a reload removed
+        one of its processors gets an error for that one.
+        """
+        processors = self.processors  # a reload replaces the dict; this payload keeps its own
+        chosen = list(processors) if names is None else list(dict.fromkeys(names))
+        answers: dict[str, Any] = {
+            name: {"error": "this processor was removed by a settings reload", "status": None}
+            for name in chosen
+            if name not in processors
+        }
+        builtin = [name for name in chosen if name in processors and processors[name].builtin]
+        remote = [name for name in chosen if name in processors and not processors[name].builtin]
 
         async def ask_builtins() -> None:
-            answers.update(await self._ask_builtins(builtin, payload))
+            answers.update(await self._ask_builtins(builtin, processors, payload))
 
         async def ask(name: str) -> None:
-            answers[name] = await self._ask(name, payload)
+            answers[name] = await self._ask(name, processors[name], payload)
 
         await asyncio.gather(ask_builtins(), *(ask(name) for name in remote))
         return {name: answers[name] for name in chosen}
 
-    async def _ask_builtins(self, names: list[str], payload: Payload) -> dict[str, Any]:
+    async def _ask_builtins(
+        self, names: list[str], processors: dict[str, ProcessorSettings], payload: Payload
+    ) -> dict[str, Any]:
         """The built-ins' answers from one in-process decode, under the longest of their
         timeouts."""
         if not names:
             return {}
         started = time.monotonic()
-        kinds = sorted({self.processors[name].builtin for name in names})
-        timeout = max(self.processors[name].timeout for name in names)
+        kinds = sorted({processors[name].builtin for name in names})
+        timeout = max(processors[name].timeout for name in names)
         source = payload.path if payload.path is not None else (payload.data or b"")
         try:
             async with asyncio.timeout(timeout):
@@ -134,14 +150,13 @@ class ProcessorPool:
         seconds = time.monotonic() - started
         answers = {}
         for name in names:
-            answers[name] = by_kind[self.processors[name].builtin]
+            answers[name] = by_kind[processors[name].builtin]
             ok = not (isinstance(answers[name], dict) and "error" in answers[name])
             self._metrics.processor_requests.labels(name, "ok" if ok else "error").inc()
             self._metrics.processor_seconds.labels(name).observe(seconds)
         return answers
 
-    async def _ask(self, name: str, payload: Payload) -> Any:
-        processor = self.processors[name]
+    async def _ask(self, name: str, processor: ProcessorSettings, payload: Payload) -> Any:
         started = time.monotonic()
 
         async def attempt() -> Any:

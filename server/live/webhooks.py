@@ -56,14 +56,27 @@ class _Sender:
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(webhook.max_queued)
         self.task: asyncio.Task[None] | None = None
         self.busy = False
-        # The receiver's own Content-Type, if its headers name one, wins over ours.
-        self._headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-        self._headers.update(webhook.headers)
-        metrics.webhook_queued.labels(name).set_function(self.queue.qsize)
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self.reconfigure(webhook)
         # Series that exist from the start, so a rate of failures reads 0 rather than nothing.
         for outcome in ("ok", "failed"):
             metrics.webhook_deliveries.labels(name, outcome)
         metrics.webhook_dropped.labels(name)
+
+    def reconfigure(self, webhook: WebhookSettings) -> None:
+        """New settings for this webhook; the events it holds stay queued (the newest ones, when
+        ``max_queued`` shrank)."""
+        self.webhook = webhook
+        # The receiver's own Content-Type, if its headers name one, wins over ours.
+        self._headers = CIMultiDict({"Content-Type": "application/json"})
+        self._headers.update(webhook.headers)
+        if self.queue.maxsize != webhook.max_queued:
+            old, self.queue = self.queue, asyncio.Queue(webhook.max_queued)
+            while not old.empty():
+                event, data = old.get_nowait()
+                old.task_done()
+                self.offer(event, data)
+        self._metrics.webhook_queued.labels(self.name).set_function(self.queue.qsize)
 
     def offer(self, event: str, data: bytes) -> None:
         """Queue one event, dropping the oldest queued one when full."""
@@ -139,10 +152,35 @@ class Webhooks:
     """The configured webhooks; one per app, see ``server.app``."""
 
     def __init__(self, settings: Settings, client: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._client = client
+        self._metrics = metrics
         self._senders = [
             _Sender(name, webhook, client, metrics) for name, webhook in settings.webhooks.items()
         ]
         self._closed = False
+
+    async def reconfigure(self, settings: Settings, deadline: float) -> None:
+        """New ``[webhooks]``: a webhook kept keeps its queue under its new settings, a new one
+        starts, a removed one delivers what it holds until ``deadline`` (loop time), then stops."""
+        current = {sender.name: sender for sender in self._senders}
+        senders = []
+        for name, webhook in settings.webhooks.items():
+            sender = current.pop(name, None)
+            if sender is None:
+                sender = _Sender(name, webhook, self._client, self._metrics)
+            else:
+                sender.reconfigure(webhook)
+            senders.append(sender)
+        self._senders = senders
+        await self.start()
+        removed = list(current.values())
+        try:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.gather(*(sender.queue.join() for sender in removed))
+        except TimeoutError:
+            _LOGGER.warning("webhooks removed with events still queued; those are dropped")
+        finally:
+            await cancel_and_wait([s.task for s in removed if s.task is not None])
 
     async def start(self) -> None:
         """Start one sender task per configured webhook."""
