@@ -68,6 +68,7 @@ from server.settings import Settings
 from server.store.repositories import RepositoryStore
 from server.web.auth import cors_middleware
 from server.web.cursor_cookie import CursorCookieStorage
+from server.web.http_metrics import http_metrics_middleware
 from server.web.middleware import error_middleware
 from server.web.secret_key import cookie_key
 from server.web.socketio import InFlight, disconnect_clients, socketio_server
@@ -226,7 +227,13 @@ def create_app(settings: Settings) -> web.Application:
     """Build the framehub application for ``settings``."""
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[in_flight.middleware, error_middleware, cors_middleware],
+        # Metrics outside the error middleware, so errors count with the status of their answer.
+        middlewares=[
+            in_flight.middleware,
+            http_metrics_middleware,
+            error_middleware,
+            cors_middleware,
+        ],
         client_max_size=CLIENT_MAX_SIZE,
     )
     app[settings_key] = settings

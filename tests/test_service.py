@@ -153,7 +153,7 @@ async def test_metrics_count_what_happens(
     names = {
         line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")
     }
-    assert names and all(name.startswith("framehub_") for name in names)
+    assert names and all(name.startswith(("framehub_", "process_")) for name in names)
 
 
 def test_secrets_never_reach_the_log(tmp_path: Path, start_server: Any) -> None:

@@ -4,15 +4,21 @@ Every record, tracebacks included, is rendered on a single line with stable keys
 journald and log shippers keep events whole. :class:`RedactingFilter` replaces the configured
 secrets (``api_token``, ``secret_key``, processor and webhook header values) and credentials
 embedded in URLs (``https://user:password@host``) with ``***`` before anything is written.
+
+Under systemd with stdout and stderr connected to the journal (systemd then sets
+``$JOURNAL_STREAM``), each line starts with the sd-daemon priority prefix of its level (``<6>``
+info, ``<4>`` warning, ... see sd-daemon(3)), which journald strips and stores as the priority,
+so that ``journalctl -p warning`` filters framehub's levels. Elsewhere lines start with ``ts=``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from server.settings import Settings
 
@@ -20,6 +26,15 @@ REDACTED = "***"
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 # Secrets this short would redact common substrings of unrelated text; refuse to pretend.
 _MIN_SECRET_LENGTH = 4
+# sd-daemon(3) priorities, highest level first: a record takes the first whose level it reaches.
+_JOURNAL_PRIORITIES = (
+    (logging.CRITICAL, 2),  # crit
+    (logging.ERROR, 3),  # err
+    (logging.WARNING, 4),  # warning
+    (logging.INFO + 1, 5),  # notice: custom levels between INFO and WARNING
+    (logging.INFO, 6),  # info
+)
+_JOURNAL_DEBUG = 7
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -57,12 +72,20 @@ class RedactingFilter(logging.Filter):
 
 
 class LogfmtFormatter(logging.Formatter):
-    """``ts=... level=... logger=... msg="..."`` on one line, with ``exc="..."`` when present."""
+    """``ts=... level=... logger=... msg="..."`` on one line, with ``exc="..."`` when present.
+
+    With ``journal`` the line starts with the record's sd-daemon priority prefix, e.g. ``<4>``.
+    """
+
+    def __init__(self, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
         moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        prefix = f"<{journal_priority(record.levelno)}>" if self.journal else ""
         line = (
-            f"ts={moment}.{int(record.msecs):03d}Z level={record.levelname} "
+            f"{prefix}ts={moment}.{int(record.msecs):03d}Z level={record.levelname} "
             f"logger={record.name} msg={_quote(record.getMessage())}"
         )
         if record.exc_info and not record.exc_text:
@@ -77,10 +100,22 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Send every log line, redacted, to stderr."""
+def journal_priority(levelno: int) -> int:
+    """The sd-daemon priority (2 crit ... 7 debug) of a logging level."""
+    for threshold, priority in _JOURNAL_PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return _JOURNAL_DEBUG
+
+
+def setup_logging(
+    level: str, secrets: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> None:
+    """Send every log line, redacted, to stderr; prefixed for the journal if ``environ``
+    (``os.environ`` by default) has ``$JOURNAL_STREAM``."""
+    journal = bool((os.environ if environ is None else environ).get("JOURNAL_STREAM"))
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(LogfmtFormatter(journal))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
