@@ -1,5 +1,11 @@
 """Command line of the server: ``python main.py --config settings.toml --host H --port P``.
 
+``framehub [serve]`` runs the server (the default command); ``framehub check-config [PATH]`` loads
+and checks the settings file with the environment laid over it (see ``server.settings``) and
+prints the effective settings as TOML, secrets shown as ``***``; ``framehub --version`` prints the
+installed version. ``--host``, ``--port`` and ``--log-level`` win over the file and the
+environment.
+
 :func:`serve` runs the app with aiohttp's ``AppRunner`` rather than ``web.run_app`` so that
 readiness is signalled only once the socket listens, and a stop runs in a known order: readiness
 drops and systemd hears ``STOPPING=1``, the site stops accepting, the app's ordered stop (see
@@ -13,7 +19,9 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import importlib.metadata
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -23,8 +31,8 @@ from aiohttp import web
 
 from server.app import create_app, reload, stop
 from server.keys import lifecycle_key
-from server.ops.logs import secrets_of, setup_logging
-from server.settings import Settings, SettingsError, load_settings
+from server.ops.logs import REDACTED, redact, secrets_of, setup_logging
+from server.settings import Settings, SettingsError, load_settings, settings_as_toml
 
 _LOGGER = logging.getLogger("server")
 
@@ -41,17 +49,66 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="framehub", description="framehub camera frame server")
-    parser.add_argument("--config", type=Path, default=Path("settings.toml"), help="settings file")
-    parser.add_argument("--host", help="address to listen on (overrides [server] host)")
-    parser.add_argument("--port", type=_port, help="port to listen on (overrides [server] port)")
+def _add_settings_options(parser: argparse.ArgumentParser, command: bool) -> None:
+    """``--config``, ``--host``, ``--port`` and ``--log-level``; a ``command``'s copies leave
+    the values given before the command name alone unless given again after it."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if command else value
+
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default(Path("settings.toml")),
+        help="settings file (default ./settings.toml)",
+    )
+    parser.add_argument(
+        "--host", default=default(None), help="address to listen on (overrides [server] host)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=default(None),
+        help="port to listen on (overrides [server] port)",
+    )
     parser.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=default(None),
         help="log level (overrides [server] log_level, default INFO)",
     )
-    return parser.parse_args(argv)
+
+
+def version() -> str:
+    """The installed version of framehub."""
+    try:
+        return importlib.metadata.version("framehub")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="framehub", description="framehub camera frame server")
+    parser.add_argument("--version", action="version", version=f"framehub {version()}")
+    _add_settings_options(parser, command=False)
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    serve_parser = commands.add_parser("serve", help="run the server (the default)")
+    _add_settings_options(serve_parser, command=True)
+    check = commands.add_parser(
+        "check-config",
+        help="check the settings and the environment; print the effective settings as TOML",
+        description="Load and check the settings file with the environment over it, then print "
+        "every table and key as TOML, secrets shown as ***. Exit status 0, or 2 with one line "
+        "saying what is wrong.",
+    )
+    check.add_argument("path", nargs="?", type=Path, help="settings file (default --config)")
+    _add_settings_options(check, command=True)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args.command = "serve"
+    if args.command == "check-config" and args.path is not None:
+        args.config = args.path
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(python_too_old(sys.version_info), file=sys.stderr)
         return 2
     args = parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args)
     setup_logging(args.log_level or "INFO")
     try:
         settings = effective_settings(args)
@@ -85,10 +144,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_config(args: argparse.Namespace) -> int:
+    """``framehub check-config``: the effective settings on stdout and 0, or the error and 2."""
+    try:
+        settings = effective_settings(args)
+    except SettingsError as exc:
+        print(f"framehub: {exc}", file=sys.stderr)
+        return 2
+    # Secret keys are masked by name; redact() also catches credentials inside URLs.
+    print(redact(settings_as_toml(settings, REDACTED), secrets_of(settings)), end="")
+    return 0
+
+
 def effective_settings(args: argparse.Namespace) -> Settings:
-    """The settings the command line names, with ``--host`` and ``--port`` applied."""
-    settings = load_settings(args.config)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    """The settings the command line names, with the environment laid over them and
+    ``--host``, ``--port`` and ``--log-level`` over both."""
+    settings = load_settings(args.config, os.environ)
+    overrides = {
+        key: value
+        for key, value in (("host", args.host), ("port", args.port), ("log_level", args.log_level))
+        if value is not None
+    }
     if overrides:
         server = dataclasses.replace(settings.server, **overrides)
         settings = dataclasses.replace(settings, server=server)

@@ -1,10 +1,26 @@
 """Settings: one TOML file read once at start into frozen dataclasses.
 
-``load_settings(path)`` reads the file with :mod:`tomllib`, walks every table against the dataclass
-that describes it and returns a :class:`Settings`. Every mistake an operator can make (an unknown
-table or key, a wrong type, a value out of range) raises :class:`SettingsError` with one line that
-names the key and says what is allowed; ``main.py`` prints that line and exits with status 2. Missing
-keys take the defaults declared here, which the README documents one by one.
+``load_settings(path, environ)`` reads the file with :mod:`tomllib`, lays the environment over it,
+walks every table against the dataclass that describes it and returns a :class:`Settings`. Every
+mistake an operator can make (an unknown table, key or variable, a wrong type, a value out of
+range, a secret file that cannot be read) raises :class:`SettingsError` with one line that names
+the key, or the variable, and says what is allowed; ``main.py`` prints that line and exits with
+status 2. Missing keys take the defaults declared here, which the README documents one by one.
+
+From highest to lowest precedence a key comes from (``--host``/``--port`` of the command line
+override both, in ``server.cli``):
+
+1. a ``FRAMEHUB_<TABLE>_<KEY>`` or ``FRAMEHUB_<TABLE>__<KEY>`` variable, or
+   ``FRAMEHUB_<TABLE>__<NAME>__<KEY>`` for ``[processors.NAME]`` and ``[webhooks.NAME]``, its text
+   read as the key's type (:func:`_parse_variable`) and checked by the file's rules;
+2. the settings file;
+3. paradrop-imserve's own variables (:data:`IMSERVE_VARIABLES`);
+4. the defaults.
+
+Secrets can stay out of the file and the environment: ``[server] secret_key_file`` and
+``api_token_file`` name files holding them, and a header value ``"credential:NAME"`` is the
+systemd credential ``$CREDENTIALS_DIRECTORY/NAME`` (``LoadCredential=``). They are read here, so
+the rest of the server (and the log redaction) only sees final values.
 
 Relative paths are taken relative to the folder of the settings file, so a service started from any
 working directory finds the same state.
@@ -12,7 +28,9 @@ working directory finds the same state.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import re
 import tomllib
 import types
@@ -34,11 +52,13 @@ class SettingsError(Exception):
     """A settings file that cannot be used; the message is one line naming the key."""
 
 
-def _setting(default: Any, check: Check | None = None) -> Any:
-    """A dataclass field with a default and an optional (predicate, allowed-values) check."""
+def _setting(default: Any, check: Check | None = None, secret: bool = False) -> Any:
+    """A dataclass field with a default and an optional (predicate, allowed-values) check; a
+    ``secret`` value is never shown, in an error or by :func:`settings_as_toml`."""
+    metadata = {"check": check, "secret": secret}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _positive(value: float) -> bool:
@@ -62,6 +82,9 @@ def _http_url_or_empty(value: str) -> bool:
 
 def _http_url(value: str) -> bool:
     return bool(value) and _http_url_or_empty(value)
+
+
+_FERNET_KEY = "a Fernet key (32 url-safe base64-encoded bytes)"
 
 
 def _fernet_key_or_empty(value: str) -> bool:
@@ -107,10 +130,10 @@ class ServerSettings:
     host: str = _setting("0.0.0.0", (bool, "a host name or address"))
     port: int = _setting(7466, (_port, "a port number from 0 to 65535"))
     state_dir: Path = _setting(Path("state"))
-    secret_key: str = _setting(
-        "", (_fernet_key_or_empty, "a Fernet key (32 url-safe base64-encoded bytes) or empty")
-    )
-    api_token: str = _setting("")
+    secret_key: str = _setting("", (_fernet_key_or_empty, f"{_FERNET_KEY} or empty"), secret=True)
+    secret_key_file: Path = _setting(Path(""))
+    api_token: str = _setting("", secret=True)
+    api_token_file: Path = _setting(Path(""))
     cors_allowed_origins: list[str] = _setting(
         [], (_origins, 'a list of origins such as "https://example.com", or ["*"]')
     )
@@ -235,7 +258,7 @@ class ProcessorSettings:
     field: str = _setting("file", (bool, "a form field name"))
     timeout: float = _setting(30.0, (_positive, "a number of seconds above 0"))
     retries: int = _setting(2, (_non_negative, "a whole number, 0 or more"))
-    headers: dict[str, str] = _setting({})
+    headers: dict[str, str] = _setting({}, secret=True)
     max_response_bytes: int = _setting(1 << 20, (_positive, "a number of bytes above 0"))
 
 
@@ -303,7 +326,7 @@ class WebhookSettings:
     """``[webhooks.NAME]``: a URL that gets results and events POSTed as JSON."""
 
     url: str = _setting("", (_http_url, "an http:// or https:// URL"))
-    headers: dict[str, str] = _setting({})
+    headers: dict[str, str] = _setting({}, secret=True)
     timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
     retries: int = _setting(3, (_non_negative, "a whole number, 0 or more"))
     events: list[str] = _setting(
@@ -373,20 +396,21 @@ def _type_name(expected: Any) -> str:
     return names.get(expected, str(expected))
 
 
-def _coerce(value: Any, expected: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the annotated type and convert it (ints to floats, strings to paths)."""
-    wrong = SettingsError(f"{where}: {key} must be {_type_name(expected)}, not {value!r}")
+def _coerce(value: Any, expected: Any, key: str, where: str, shown: str) -> Any:
+    """Check ``value`` against the annotated type and convert it (ints to floats, strings to paths);
+    an error names ``key`` and ends with ``shown`` (``", not VALUE"``, or nothing for a secret)."""
+    wrong = SettingsError(f"{where}: {key} must be {_type_name(expected)}{shown}")
     origin = typing.get_origin(expected)
     if origin is list:
         (item_type,) = typing.get_args(expected)
         if not isinstance(value, list):
             raise wrong
-        return [_coerce(item, item_type, key, where) for item in value]
+        return [_coerce(item, item_type, key, where, shown) for item in value]
     if origin is dict:
         _, item_type = typing.get_args(expected)
         if not isinstance(value, dict):
             raise wrong
-        return {str(k): _coerce(v, item_type, f"{key}.{k}", where) for k, v in value.items()}
+        return {str(k): _coerce(v, item_type, f"{key}.{k}", where, shown) for k, v in value.items()}
     if expected is bool:
         if not isinstance(value, bool):
             raise wrong
@@ -410,36 +434,51 @@ def _coerce(value: Any, expected: Any, key: str, where: str) -> Any:
     raise TypeError(f"unsupported settings type {expected!r}")
 
 
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _field_type(cls: type, key: str) -> Any:
+    expected = typing.get_type_hints(cls)[key]
+    if isinstance(expected, types.UnionType):
+        expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    return expected
+
+
+def _checked(
+    cls: type, key: str, value: Any, label: str, where: str, text: str | None = None
+) -> Any:
+    """``value`` of ``cls.key`` converted and checked; an error names ``label`` and shows ``text``
+    (by default the value), never a secret."""
+    known = _fields(cls)[key]
+    expected = _field_type(cls, key)
+    check: Check | None = known.metadata.get("check")
+    shown = "" if known.metadata.get("secret") else f", not {text or repr(value)}"
+    try:
+        converted = _coerce(value, expected, label, where, shown)
+    except SettingsError:
+        if check is None or check[0] is bool:
+            raise
+        # The check's wording ("a list of repository names") says more than the type's.
+        raise SettingsError(f"{where}: {label} must be {check[1]}{shown}") from None
+    if check is not None and not check[0](converted):
+        raise SettingsError(f"{where}: {label} must be {check[1]}{shown}")
+    return converted
+
+
 def build_table(cls: type, table: Any, name: str, where: str) -> Any:
     """Build dataclass ``cls`` from TOML ``table``, naming ``name.key`` in every error."""
     if not isinstance(table, dict):
         raise SettingsError(f"{where}: [{name}] must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    known = _fields(cls)
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise SettingsError(
             f"{where}: unknown key {name}.{unknown[0]}; allowed keys are {', '.join(sorted(known))}"
         )
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        expected = hints[key]
-        if isinstance(expected, types.UnionType):
-            expected = next(t for t in typing.get_args(expected) if t is not type(None))
-        check: Check | None = known[key].metadata.get("check")
-        try:
-            converted = _coerce(value, expected, f"{name}.{key}", where)
-        except SettingsError:
-            if check is None or check[0] is bool:
-                raise
-            # The check's wording ("a list of repository names") says more than the type's.
-            raise SettingsError(
-                f"{where}: {name}.{key} must be {check[1]}, not {value!r}"
-            ) from None
-        if check is not None and not check[0](converted):
-            raise SettingsError(f"{where}: {name}.{key} must be {check[1]}, not {value!r}")
-        values[key] = converted
-    return cls(**values)
+    return cls(
+        **{key: _checked(cls, key, value, f"{name}.{key}", where) for key, value in table.items()}
+    )
 
 
 def _resolve(path: Path, base: Path) -> Path:
@@ -449,9 +488,15 @@ def _resolve(path: Path, base: Path) -> Path:
 
 
 def settings_from_mapping(
-    data: Mapping[str, Any], base_dir: Path, where: str = "settings"
+    data: Mapping[str, Any],
+    base_dir: Path,
+    where: str = "settings",
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build and check :class:`Settings` from parsed TOML; paths are resolved against ``base_dir``."""
+    """Build and check :class:`Settings` from parsed TOML; paths are resolved against ``base_dir``,
+    secret files read, and ``credential:`` header values looked up in ``environ``'s
+    ``$CREDENTIALS_DIRECTORY``."""
+    environ = {} if environ is None else environ
     allowed = [*_TABLES, _PROCESSORS_TABLE, _WEBHOOKS_TABLE]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
@@ -462,10 +507,11 @@ def settings_from_mapping(
     built: dict[str, Any] = {}
     for name, cls in _TABLES.items():
         built[name] = build_table(cls, data.get(name, {}), name, where)
-    built[_PROCESSORS_TABLE] = _build_processors(data.get(_PROCESSORS_TABLE, {}), where)
-    built[_WEBHOOKS_TABLE] = _build_webhooks(data.get(_WEBHOOKS_TABLE, {}), where)
+    built[_PROCESSORS_TABLE] = _build_processors(data.get(_PROCESSORS_TABLE, {}), where, environ)
+    built[_WEBHOOKS_TABLE] = _build_webhooks(data.get(_WEBHOOKS_TABLE, {}), where, environ)
     server = built["server"]
-    built["server"] = dataclasses.replace(server, state_dir=_resolve(server.state_dir, base_dir))
+    server = dataclasses.replace(server, state_dir=_resolve(server.state_dir, base_dir))
+    built["server"] = _with_secret_files(server, base_dir, where)
     repositories = built["repositories"]
     built["repositories"] = dataclasses.replace(
         repositories, dir=_resolve(repositories.dir, base_dir)
@@ -488,17 +534,22 @@ def _named_tables(tables: Any, kind: str, where: str) -> dict[str, Any]:
     return tables
 
 
-def _build_webhooks(tables: Any, where: str) -> dict[str, WebhookSettings]:
+def _build_webhooks(
+    tables: Any, where: str, environ: Mapping[str, str]
+) -> dict[str, WebhookSettings]:
     webhooks = {}
     for name, table in _named_tables(tables, _WEBHOOKS_TABLE, where).items():
         webhook = build_table(WebhookSettings, table, f"webhooks.{name}", where)
         if not webhook.url:
             raise SettingsError(f"{where}: webhooks.{name}.url is required")
-        webhooks[name] = webhook
+        headers = _with_credentials(webhook.headers, f"webhooks.{name}.headers", where, environ)
+        webhooks[name] = dataclasses.replace(webhook, headers=headers)
     return webhooks
 
 
-def _build_processors(tables: Any, where: str) -> dict[str, ProcessorSettings]:
+def _build_processors(
+    tables: Any, where: str, environ: Mapping[str, str]
+) -> dict[str, ProcessorSettings]:
     processors = {}
     for name, table in _named_tables(tables, _PROCESSORS_TABLE, where).items():
         url = table.get("url") if isinstance(table, dict) else None
@@ -515,8 +566,80 @@ def _build_processors(tables: Any, where: str) -> dict[str, ProcessorSettings]:
                 f"({' or '.join(repr(k) for k in BUILTIN_KINDS)}): it has "
                 + ("both" if processor.url else "neither")
             )
-        processors[name] = processor
+        headers = _with_credentials(processor.headers, f"processors.{name}.headers", where, environ)
+        processors[name] = dataclasses.replace(processor, headers=headers)
     return processors
+
+
+# [server] keys naming a file that holds another key's value, and what that value must be.
+_SECRET_FILES = {
+    "secret_key_file": ("secret_key", _FERNET_KEY),
+    "api_token_file": ("api_token", "a token"),
+}
+# A header value "credential:NAME" is the systemd credential $CREDENTIALS_DIRECTORY/NAME.
+CREDENTIAL_PREFIX = "credential:"
+CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"
+
+
+def _read_secret(path: Path, label: str, where: str) -> str:
+    """The one line held by the file at ``path``, stripped of surrounding whitespace."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise SettingsError(f"{where}: {label}: {path}: no such file") from None
+    except OSError as exc:
+        raise SettingsError(f"{where}: {label}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{where}: {label}: {path} is not UTF-8 text") from None
+    if not secret:
+        raise SettingsError(f"{where}: {label}: {path} is empty")
+    if "\n" in secret or "\r" in secret:
+        raise SettingsError(f"{where}: {label}: {path} must hold one line, not several")
+    return secret
+
+
+def _with_secret_files(server: ServerSettings, base_dir: Path, where: str) -> ServerSettings:
+    """``server`` with ``secret_key`` and ``api_token`` read from their ``*_file`` keys."""
+    values: dict[str, Any] = {}
+    for file_key, (key, allowed) in _SECRET_FILES.items():
+        path = getattr(server, file_key)
+        if str(path) in ("", "."):
+            continue
+        if getattr(server, key):
+            raise SettingsError(
+                f"{where}: server.{key} and server.{file_key} are both set; keep one"
+            )
+        path = _resolve(path, base_dir)
+        secret = _read_secret(path, f"server.{file_key}", where)
+        check: Check | None = _fields(ServerSettings)[key].metadata["check"]
+        if check is not None and not check[0](secret):
+            raise SettingsError(f"{where}: server.{file_key}: {path} must hold {allowed}")
+        values[file_key] = path
+        values[key] = secret
+    return dataclasses.replace(server, **values)
+
+
+def _with_credentials(
+    headers: dict[str, str], label: str, where: str, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """``headers`` with each ``credential:NAME`` value read from ``$CREDENTIALS_DIRECTORY``."""
+    resolved = {}
+    for header, value in headers.items():
+        if value.startswith(CREDENTIAL_PREFIX):
+            name = value.removeprefix(CREDENTIAL_PREFIX)
+            directory = environ.get(CREDENTIALS_DIRECTORY, "")
+            if not directory:
+                raise SettingsError(
+                    f"{where}: {label}.{header} reads credential {name!r}, but "
+                    f"${CREDENTIALS_DIRECTORY} is not set (systemd LoadCredential=)"
+                )
+            if name in ("", ".", "..") or "/" in name:
+                raise SettingsError(
+                    f"{where}: {label}.{header} must name a credential, a file name, not {name!r}"
+                )
+            value = _read_secret(Path(directory) / name, f"{label}.{header}", where)
+        resolved[header] = value
+    return resolved
 
 
 def _check_across_tables(settings: Settings, where: str) -> None:
@@ -538,8 +661,9 @@ def _check_across_tables(settings: Settings, where: str) -> None:
         )
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and check the settings file at ``path``."""
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check the settings file at ``path``, with ``environ``'s variables laid over it
+    (see the module docstring; none when ``environ`` is None)."""
     where = path.name
     try:
         with path.open("rb") as fh:
@@ -550,4 +674,175 @@ def load_settings(path: Path) -> Settings:
         raise SettingsError(f"{where}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from None
-    return settings_from_mapping(data, path.resolve().parent, where)
+    environ = {} if environ is None else environ
+    layered = _with_environment(data, environ)
+    if layered != data:
+        where = f"{where} + {ENVIRONMENT}"
+    return settings_from_mapping(layered, path.resolve().parent, where, environ)
+
+
+ENVIRONMENT = "environment"
+ENV_PREFIX = "FRAMEHUB_"
+# FRAMEHUB_ variables that are not settings: framehub-send's API token.
+CLIENT_VARIABLES = ("FRAMEHUB_TOKEN",)
+# paradrop-imserve's variables, for the keys neither the file nor a FRAMEHUB_ variable sets.
+# Its repositories were the folders of $SNAP_DATA, and INITIAL_REPOSITORIES is space-separated.
+IMSERVE_VARIABLES = {
+    "PORT": ("server", "port"),
+    "REPOSITORY_URL": ("repositories", "source_url"),
+    "INITIAL_REPOSITORIES": ("repositories", "initial"),
+    "SNAP_DATA": ("repositories", "dir"),
+}
+
+
+def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parsed TOML ``data`` with the ``FRAMEHUB_`` variables of ``environ`` over it and
+    paradrop-imserve's under it; each variable checked, its errors naming it."""
+    layered = copy.deepcopy(dict(data))
+    set_by: dict[tuple[str, ...], str] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in CLIENT_VARIABLES:
+            continue
+        place = _place_of(variable)
+        if place in set_by:
+            raise SettingsError(
+                f"{ENVIRONMENT}: {set_by[place]} and {variable} both set {'.'.join(place)}"
+            )
+        set_by[place] = variable
+        _put(layered, place, _variable_value(variable, environ[variable], place))
+    for variable, place in IMSERVE_VARIABLES.items():
+        table = layered.get(place[0], {})
+        if variable in environ and isinstance(table, dict) and place[1] not in table:
+            _put(layered, place, _variable_value(variable, environ[variable], place))
+    return layered
+
+
+def _table_class(table: str) -> type:
+    named = {_PROCESSORS_TABLE: ProcessorSettings, _WEBHOOKS_TABLE: WebhookSettings}
+    return _TABLES.get(table) or named[table]
+
+
+def _place_of(variable: str) -> tuple[str, ...]:
+    """The (table, key) or (table, NAME, key) that a ``FRAMEHUB_`` variable sets: parts are
+    separated by ``__``, or by the first ``_`` after a table without names."""
+    rest = variable.removeprefix(ENV_PREFIX)
+    named = (_PROCESSORS_TABLE, _WEBHOOKS_TABLE)
+    parts = rest.split("__") if "__" in rest else rest.split("_", 1)
+    table = parts[0].lower()
+    if table not in _TABLES and table not in named:
+        raise SettingsError(
+            f"{ENVIRONMENT}: unknown variable {variable}: there is no table [{table}]; allowed "
+            f"tables are {', '.join(f'[{t}]' for t in sorted([*_TABLES, *named]))}"
+        )
+    form = f"{ENV_PREFIX}{table.upper()}__NAME__KEY" if table in named else None
+    if form is not None and "__" not in rest:
+        raise SettingsError(
+            f"{ENVIRONMENT}: {variable} must be spelt {form}, with double underscores"
+        )
+    if len(parts) != (3 if form else 2) or not all(parts):
+        form = form or f"{ENV_PREFIX}{table.upper()}_KEY or {ENV_PREFIX}{table.upper()}__KEY"
+        raise SettingsError(f"{ENVIRONMENT}: {variable} must be spelt {form}")
+    key = parts[-1].lower()
+    known = _fields(_table_class(table))
+    if key not in known:
+        raise SettingsError(
+            f"{ENVIRONMENT}: unknown variable {variable}: [{table}] has no key {key}; "
+            f"allowed keys are {', '.join(sorted(known))}"
+        )
+    if form is None:
+        return (table, key)
+    name = parts[1]
+    if _NAMED_TABLE.fullmatch(name) is None:
+        raise SettingsError(
+            f"{ENVIRONMENT}: {variable}: {name!r} is not a valid name for [{table}.NAME] "
+            "(letters, digits, '_' or '-', starting with a letter or '_')"
+        )
+    return (table, name, key)
+
+
+def _parse_variable(text: str, expected: Any) -> Any:
+    """The value a variable's text stands for: strings and paths as written, booleans as
+    true/false/1/0, anything else as a TOML value (lists and tables also as JSON); when it is
+    none of these, the text itself, which the key's check then refuses."""
+    if expected in (str, Path):
+        return text
+    if expected is bool and text in ("1", "0"):
+        return text == "1"
+    try:
+        document = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        document = {}
+    if list(document) == ["value"]:
+        return document["value"]
+    if typing.get_origin(expected) in (list, dict):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _variable_value(variable: str, text: str, place: tuple[str, ...]) -> Any:
+    """The TOML value ``variable`` gives the key at ``place``, checked by the file's rules."""
+    cls, key = _table_class(place[0]), place[-1]
+    if variable == "INITIAL_REPOSITORIES":
+        value: Any = text.split()
+    else:
+        value = _parse_variable(text, _field_type(cls, key))
+    _checked(cls, key, value, variable, ENVIRONMENT, repr(text))
+    return value
+
+
+def _put(data: dict[str, Any], place: tuple[str, ...], value: Any) -> None:
+    """Set ``value`` at ``place`` in ``data``; a file whose table is not a table is refused later."""
+    table: Any = data
+    for part in place[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            return
+    table[place[-1]] = value
+
+
+def settings_as_toml(settings: Settings, mask: str) -> str:
+    """Every table and key of ``settings`` as a TOML document, secrets shown as ``mask``."""
+    lines: list[str] = []
+    for table in dataclasses.fields(Settings):
+        value = getattr(settings, table.name)
+        named = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, values in named:
+            heading = table.name if name is None else f"{table.name}.{_toml_key(name)}"
+            lines.extend(["", f"[{heading}]"])
+            for key, known in _fields(type(values)).items():
+                item = getattr(values, key)
+                if known.metadata.get("secret"):
+                    item = (
+                        {k: mask for k in item}
+                        if isinstance(item, dict)
+                        else mask
+                        if item
+                        else item
+                    )
+                lines.append(f"{_toml_key(key)} = {_toml_value(item)}")
+    return "\n".join(lines[1:]) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # inf and nan are spelt the same in TOML
+    if isinstance(value, Path):
+        value = "" if str(value) == "." else str(value)
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"unsupported settings type {type(value)!r}")

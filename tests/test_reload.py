@@ -89,4 +89,4 @@ async def test_sighup_applies_a_new_log_level_and_names_what_needs_a_restart(
     assert "[clips]" in server.stderr()
     assert await asyncio.to_thread(server.stop) == 0
     # At WARNING, the INFO lines of the stop are no longer written.
-    assert "level=INFO logger=server.ops.lifecycle msg=\"stopping\"" not in server.stderr()
+    assert 'level=INFO logger=server.ops.lifecycle msg="stopping"' not in server.stderr()

@@ -15,6 +15,9 @@ answer on stdout: the result, or with ``--no-wait`` the job id to follow at ``GE
 
     framehub-send --batch match.mp4 --processes goal_try,pass_drive
     framehub-send --batch match.mp4 --no-wait
+
+The API token comes from ``--token`` or, kept out of ``ps``, from ``$FRAMEHUB_TOKEN``; ``--token``
+wins when both are given.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import io
 import json
 import mimetypes
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Generator
@@ -37,6 +41,8 @@ import socketio
 from server.names import is_image_name, natural_key
 
 DEFAULT_SERVER = "http://127.0.0.1:7466"
+# The variable holding the API token, which unlike --token does not show in ps.
+TOKEN_VARIABLE = "FRAMEHUB_TOKEN"
 UPLOAD_CHUNK = 1 << 20
 # Files smaller than this upload too fast for a progress bar to be of use.
 PROGRESS_MIN_BYTES = 16 << 20
@@ -283,7 +289,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second (0: no pause)")
     parser.add_argument("--frames", type=int, help="stop after this many frames")
-    parser.add_argument("--token", help="API token, when the server has one")
+    parser.add_argument(
+        "--token",
+        help=f"API token, when the server has one (default ${TOKEN_VARIABLE}, hidden from ps)",
+    )
     parser.add_argument("--camera", help="the live camera name to stream as (default: generated)")
     parser.add_argument("--session-id-name", default="session_id")
     parser.add_argument(
@@ -291,6 +300,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality for video frames")
     args = parser.parse_args(argv)
+    if args.token is None:
+        args.token = os.environ.get(TOKEN_VARIABLE) or None
     if (args.source is None) == (args.batch is None):
         parser.error("give either a SOURCE to stream or --batch FILE")
     if args.batch is None and (args.processes or args.no_wait):

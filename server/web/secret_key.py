@@ -1,4 +1,5 @@
-"""The cookie key: ``[server] secret_key``, else one generated on first start and kept on disk.
+"""The cookie key: ``[server] secret_key`` (or the content of ``secret_key_file``, read with the
+settings), else one generated on first start and kept on disk.
 
 Keeping the generated key in the state dir (mode 0600) lets visitors' cursors survive restarts.
 """
@@ -37,6 +38,7 @@ def _read_key(path: Path) -> bytes:
         Fernet(key)
     except ValueError:
         raise SettingsError(
-            f"{path}: not a Fernet key; delete it to have a new one made, or set server.secret_key"
+            f"{path}: not a Fernet key; delete it to have a new one made, or set "
+            "server.secret_key or server.secret_key_file"
         ) from None
     return key
