@@ -432,3 +432,36 @@ async def test_results_and_camera_events_reach_the_webhooks(
     batch = received[3]
     assert (batch["event"], batch["job"], batch["status"]) == ("batch", job, "done")
     assert batch["result"]["summary"]["frames"] == 4
+
+
+async def test_the_camera_name_may_come_in_the_connect_query(
+    live_server: LiveServerFactory, live_frames: LiveFrames
+) -> None:
+    server = await live_server()
+    client = LiveClient()
+    server.clients.append(client)
+    session_id = await server.session_id()
+    await client.sio.connect(
+        f"{server.url}?session_id={session_id}&camera=yard", transports=["websocket"]
+    )
+    assert (await client.process(live_frames.encode(0)))["camera"] == "yard"
+    assert (await get_json(server, "/live"))["yard"]["online"] is True
+
+
+async def test_mjpeg_fps_caps_the_rate_and_is_checked(
+    live_server: LiveServerFactory, live_frames: LiveFrames
+) -> None:
+    server = await live_server()
+    camera = await connect_camera(server, "gate")
+    assert "fps must be" in (await get_json(server, "/live/gate/video.mjpg?fps=0", 400))["error"]
+    assert (await camera.process(live_frames.encode(0)))["ok"]
+    async with server.http.get(f"{server.url}/live/gate/video.mjpg?fps=2") as viewer:
+        parts = mjpeg_parts(viewer)
+        await anext(parts)  # frame 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for index in range(1, 6):  # five frames at once: at 2 fps only the newest follows
+            assert (await camera.process(live_frames.encode(index)))["ok"]
+        _headers, body = await asyncio.wait_for(anext(parts), LIVE_TIMEOUT)
+        assert loop.time() - started >= 0.45
+        assert body == live_frames.encode(5)
