@@ -43,7 +43,8 @@ _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 # The settings a benchmark puts on top of the defaults: {table: {key: value}}.
 Scalar = str | int | float | bool | Path
-Tables = Mapping[str, Mapping[str, Scalar]]
+Value = Scalar | list[str]
+Tables = Mapping[str, Mapping[str, Value]]
 
 
 class BenchError(Exception):
@@ -164,20 +165,24 @@ def ensure_tool(name: str, package: str) -> str:
 
 
 def toml_text(tables: Tables) -> str:
-    """A TOML document of flat tables of scalars, enough for a settings file."""
+    """A TOML document of flat tables of scalars and lists of strings, enough for a settings file."""
     lines = []
     for table, values in tables.items():
         lines.append(f"[{table}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, int | float):
-                lines.append(f"{key} = {value!r}")
-            else:
-                escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'{key} = "{escaped}"')
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(value: Value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def http_get(
@@ -260,7 +265,7 @@ def start_framehub(
     folder = ctx.tmp / name
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server: dict[str, Scalar] = {"host": LOOPBACK, "port": port, "state_dir": folder / "state"}
+    server: dict[str, Value] = {"host": LOOPBACK, "port": port, "state_dir": folder / "state"}
     merged = {**tables, "server": {**server, **tables.get("server", {})}}
     config = folder / "settings.toml"
     config.write_text(toml_text(merged))

@@ -416,9 +416,13 @@ def wait_idle(pid: int) -> None:
         before = now
 
 
-async def open_connection(http: aiohttp.ClientSession, server: Server) -> Connection:
-    """A client connected with a fresh session id, as ``framehub-send`` connects."""
-    async with http.get(server.url("/get_session_id")) as resp:
+async def open_connection(
+    http: aiohttp.ClientSession, server: Server, camera: str | None = None
+) -> Connection:
+    """A client connected with a fresh session id, as ``framehub-send`` connects; as the live
+    camera ``camera`` when named."""
+    params = {"camera": camera} if camera else {}
+    async with http.get(server.url("/get_session_id"), params=params) as resp:
         if resp.status != 200:
             raise BenchError(f"GET /get_session_id answered {resp.status}: {await resp.text()}")
         session_id = (await resp.json())["session_id"]

@@ -44,35 +44,28 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import aiohttp
-import socketio
 
 from bench._live_viewers import tag_frame
 from bench.camera import COOKIE_SCRIPT, REPOSITORY, Load, warm_up_and_load
 from bench.common import (
-    LOOPBACK,
     PROJECT_ROOT,
     BenchContext,
     BenchError,
     Row,
-    Scalar,
     Server,
     Tables,
     cpu_seconds,
-    free_port,
     http_get,
     start_framehub,
-    start_process,
-    toml_text,
 )
 from bench.ingest import (
     CLIENTS,
-    CONNECT_TIMEOUT,
-    SESSION_ID_NAME,
     WINDOW,
     Connection,
     Counters,
     machine_cpu_seconds,
     make_frames,
+    open_connection,
     throughput,
     wait_idle,
 )
@@ -93,8 +86,6 @@ FAN_OUT_TAIL = 0.5
 VIEWERS_READY_TIMEOUT = 20.0
 VIEWERS_STOP_TIMEOUT = 10.0
 RECORDING_ROUNDS = 2
-# toml_text writes scalars only; the recording server's one list is appended as TOML text.
-RECORD_EVERY_CAMERA = '[recording]\ncameras = ["*"]\n'
 # Targets of the live cameras issue.
 MAX_LATENCY_P50_MS = 2.0
 MIN_FRAMES_RECEIVED = 0.95
@@ -216,27 +207,6 @@ def write_repository(folder: Path, frames: list[bytes]) -> None:
         (folder / f"frame-{index}.jpg").write_bytes(frame)
 
 
-async def connect_camera(http: aiohttp.ClientSession, server: Server, name: str) -> Connection:
-    """A Socket.IO client streaming as camera ``name``, with an id from ``/get_session_id``."""
-    async with http.get(server.url("/get_session_id"), params={"camera": name}) as resp:
-        if resp.status != 200:
-            raise BenchError(f"GET /get_session_id answered {resp.status}: {await resp.text()}")
-        session_id = (await resp.json())["session_id"]
-    sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
-    connection = Connection(sio)
-    sio.on("result", connection.on_result)
-    try:
-        await sio.connect(
-            server.url(),
-            auth={SESSION_ID_NAME: session_id},
-            transports=["websocket"],
-            wait_timeout=CONNECT_TIMEOUT,
-        )
-    except socketio.exceptions.ConnectionError as exc:
-        raise BenchError(f"cannot connect over Socket.IO to {server.url()}: {exc}") from None
-    return connection
-
-
 async def timed_get(http: aiohttp.ClientSession, url: str) -> tuple[float, aiohttp.ClientResponse]:
     """Seconds until the whole body of ``GET url`` is read, and the (read) response."""
     started = time.perf_counter()
@@ -259,7 +229,7 @@ async def measure_latency(server: Server, frames: list[bytes], count: int) -> La
     matched = 0
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        camera = await connect_camera(http, server, LATENCY_CAMERA)
+        camera = await open_connection(http, server, LATENCY_CAMERA)
         try:
             for index in range(LATENCY_WARM_UP + count):
                 position = index % len(frames)
@@ -327,7 +297,7 @@ async def measure_fan_out(ctx: BenchContext, server: Server, frames: list[bytes]
     limit += VIEWERS_STOP_TIMEOUT
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        camera = await connect_camera(http, server, FAN_OUT_CAMERA)
+        camera = await open_connection(http, server, FAN_OUT_CAMERA)
         # A first frame, untagged, so that the camera is online before the viewers come.
         await camera.process(frames[0])
         sending = asyncio.create_task(pacer.run(camera))
@@ -465,34 +435,17 @@ def fan_out_rows(fan_out: FanOut, video_jpg: Load) -> list[Row]:
 # --- recording ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def start_framehub_toml(
-    ctx: BenchContext, name: str, tables: Tables, extra: str
-) -> Iterator[Server]:
-    """:func:`bench.common.start_framehub` with ``extra`` TOML text appended to the settings."""
-    folder = ctx.tmp / name
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server: dict[str, Scalar] = {"host": LOOPBACK, "port": port, "state_dir": folder / "state"}
-    config = folder / "settings.toml"
-    config.write_text(toml_text({**tables, "server": server}) + extra)
-    argv = [str(ctx.python), str(ctx.root / "main.py"), "--config", str(config)]
-    argv += ["--port", str(port), "--log-level", "WARNING"]
-    with start_process(argv, port, folder / "framehub.log", cwd=ctx.root) as running:
-        yield running
-
-
 def measure_recording(
     ctx: BenchContext, frames: list[bytes]
 ) -> tuple[Counters, Counters, tuple[int, int]]:
     """Ingest with recording off and on, in turns: (off, on, (frames recorded, dropped))."""
     totals = {"off": Counters(), "on": Counters()}
     with (
-        start_framehub_toml(
-            ctx, "recording-off", recording_tables(ctx, "recording-off"), ""
-        ) as off,
-        start_framehub_toml(
-            ctx, "recording-on", recording_tables(ctx, "recording-on"), RECORD_EVERY_CAMERA
+        start_framehub(ctx, "recording-off", recording_tables(ctx, "recording-off")) as off,
+        start_framehub(
+            ctx,
+            "recording-on",
+            {**recording_tables(ctx, "recording-on"), "recording": {"cameras": ["*"]}},
         ) as on,
     ):
         servers = {"off": off, "on": on}

@@ -38,17 +38,20 @@ UNKNOWN_CAMERA_RECHECK = 1.0
 EVENTS_KEEPALIVE = 15.0
 
 
-def _guard(request: web.Request) -> str:
-    """The checked camera name of the request, after the token when the routes are private."""
+def _require_token_unless_public(request: web.Request) -> None:
     if not request.app[settings_key].live.public:
         require_token(request)
+
+
+def _guard(request: web.Request) -> str:
+    """The checked camera name of the request, after the token when the routes are private."""
+    _require_token_unless_public(request)
     return check_camera_name(request.match_info["name"])
 
 
 async def list_cameras(request: web.Request) -> web.Response:
     """``GET /live``: every camera, online or recently offline."""
-    if not request.app[settings_key].live.public:
-        require_token(request)
+    _require_token_unless_public(request)
     return web.json_response(request.app[camera_registry_key].describe_all(), headers=NO_STORE)
 
 
@@ -146,8 +149,8 @@ async def _wait_for_change(camera: Camera | None, stopping: asyncio.Event) -> No
 
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /live/{name}/events``: Server-Sent Events ``result``, ``online``, ``offline``."""
-    camera = request.app[camera_registry_key].get(_guard(request))
     cameras = request.app[camera_registry_key]
+    camera = cameras.get(_guard(request))
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **NO_STORE}
     )
