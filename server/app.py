@@ -36,6 +36,7 @@ from server.keys import (
     ReloadedSettings,
     builtin_analyses_key,
     camera_registry_key,
+    client_cursors_key,
     client_session_key,
     encoder_executor_key,
     in_flight_key,
@@ -65,6 +66,7 @@ from server.ops.metrics import Metrics
 from server.ops.systemd import Notifier
 from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
+from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
 from server.web.auth import cors_middleware
 from server.web.cursor_cookie import CursorCookieStorage
@@ -240,6 +242,7 @@ def create_app(settings: Settings) -> web.Application:
     app[reloaded_settings_key] = ReloadedSettings(settings)
     app[in_flight_key] = in_flight
     app[metrics_key] = Metrics()
+    app[client_cursors_key] = ClientCursors(settings.camera.max_clients)
     app[lifecycle_key] = Lifecycle(Notifier(), settings.server.shutdown_timeout)
     setup_session(
         app,
@@ -248,7 +251,10 @@ def create_app(settings: Settings) -> web.Application:
             cookie_name=COOKIE_NAME,
             max_age=settings.camera.cursor_max_age,
             httponly=True,
-            samesite="Lax",
+            # Browsers send a SameSite=None cookie on cross-site image loads (a dashboard on
+            # another site), but only a Secure one, so only under HTTPS.
+            secure=settings.server.uses_tls,
+            samesite="None" if settings.server.uses_tls else "Lax",
         ),
     )
     sio = socketio_server(settings)

@@ -23,6 +23,7 @@ import importlib.metadata
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from server.app import create_app, reload, stop
 from server.keys import lifecycle_key
 from server.ops.logs import REDACTED, redact, secrets_of, setup_logging
 from server.settings import Settings, SettingsError, load_settings, settings_as_toml
+from server.web.tls import server_ssl_context
 
 _LOGGER = logging.getLogger("server")
 
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = effective_settings(args)
         setup_logging(args.log_level or settings.server.log_level, secrets_of(settings))
+        tls = server_ssl_context(settings.server, args.config.name)
         app = create_app(settings)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return settings
 
     try:
-        asyncio.run(serve(app, settings, reload_settings))
+        asyncio.run(serve(app, settings, reload_settings, tls))
     except OSError as exc:  # typically the port is taken
         print(
             f"framehub: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}",
@@ -148,6 +151,7 @@ def check_config(args: argparse.Namespace) -> int:
     """``framehub check-config``: the effective settings on stdout and 0, or the error and 2."""
     try:
         settings = effective_settings(args)
+        server_ssl_context(settings.server, args.config.name)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)
         return 2
@@ -201,10 +205,14 @@ async def _reload(app: web.Application, reload_settings: Callable[[], Settings])
 
 
 async def serve(
-    app: web.Application, settings: Settings, reload_settings: Callable[[], Settings]
+    app: web.Application,
+    settings: Settings,
+    reload_settings: Callable[[], Settings],
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, then shut down in order (see the module docstring);
-    on SIGHUP, apply ``reload_settings()`` (see :func:`server.app.reload`)."""
+    """Serve ``app`` (over HTTPS with ``tls``) until SIGTERM or SIGINT, then shut down in order
+    (see the module docstring); on SIGHUP, apply ``reload_settings()`` (see
+    :func:`server.app.reload`)."""
     loop = asyncio.get_running_loop()
     stop_signal = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -221,9 +229,14 @@ async def serve(
     await runner.setup()
     lifecycle = app[lifecycle_key]
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=tls)
         await site.start()
-        _LOGGER.info("listening on %s:%d", settings.server.host, settings.server.port)
+        _LOGGER.info(
+            "listening on %s://%s:%d",
+            "https" if tls else "http",
+            settings.server.host,
+            settings.server.port,
+        )
         lifecycle.ready()
         # What start-up made (modules, the app, the demo index) lives as long as the process:
         # taking it out of the collector's view keeps full collections short on the event loop.

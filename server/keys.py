@@ -18,6 +18,7 @@ from server.live.webhooks import Webhooks
 from server.ops.lifecycle import Lifecycle
 from server.ops.metrics import Metrics
 from server.settings import Settings
+from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
 from server.web.socketio import InFlight
 
@@ -34,6 +35,7 @@ reloaded_settings_key = web.AppKey("reloaded_settings", ReloadedSettings)
 client_session_key = web.AppKey("client_session", aiohttp.ClientSession)
 repository_store_key = web.AppKey("repository_store", RepositoryStore)
 placeholder_key = web.AppKey("placeholder_jpeg", bytes)
+client_cursors_key = web.AppKey("client_cursors", ClientCursors)
 socketio_key = web.AppKey("socketio", socketio.AsyncServer)
 in_flight_key = web.AppKey("in_flight", InFlight)
 encoder_executor_key = web.AppKey("encoder_executor", ThreadPoolExecutor)

@@ -138,6 +138,8 @@ class ServerSettings:
         [], (_origins, 'a list of origins such as "https://example.com", or ["*"]')
     )
     shutdown_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+    tls_cert: Path = _setting(Path(""))
+    tls_key: Path = _setting(Path(""))
     log_level: str = _setting(
         "INFO",
         (
@@ -145,6 +147,11 @@ class ServerSettings:
             '"DEBUG", "INFO", "WARNING" or "ERROR"',
         ),
     )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the site serves HTTPS (both ``tls_cert`` and ``tls_key`` are set)."""
+        return _is_set(self.tls_cert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +184,8 @@ class CameraSettings:
     cursor_max_age: int = _setting(30 * 86400, (_positive, "a number of seconds above 0"))
     mjpeg_fps: float = _setting(10.0, (_positive, "frames per second above 0"))
     mjpeg_max_fps: float = _setting(30.0, (_positive, "frames per second above 0"))
+    fps: float = _setting(10.0, (_positive, "frames per second above 0"))
+    max_clients: int = _setting(10_000, (_positive, "a whole number above 0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +367,7 @@ class Settings:
     @property
     def repositories_dir(self) -> Path:
         """The folder holding the repositories: ``[repositories] dir`` or ``state_dir/repositories``."""
-        if str(self.repositories.dir) in ("", "."):
+        if not _is_set(self.repositories.dir):
             return self.server.state_dir / "repositories"
         return self.repositories.dir
 
@@ -481,8 +490,12 @@ def build_table(cls: type, table: Any, name: str, where: str) -> Any:
     )
 
 
+def _is_set(path: Path) -> bool:
+    return str(path) not in ("", ".")
+
+
 def _resolve(path: Path, base: Path) -> Path:
-    if str(path) in ("", "."):
+    if not _is_set(path):
         return path
     return path if path.is_absolute() else base / path
 
@@ -510,7 +523,16 @@ def settings_from_mapping(
     built[_PROCESSORS_TABLE] = _build_processors(data.get(_PROCESSORS_TABLE, {}), where, environ)
     built[_WEBHOOKS_TABLE] = _build_webhooks(data.get(_WEBHOOKS_TABLE, {}), where, environ)
     server = built["server"]
-    server = dataclasses.replace(server, state_dir=_resolve(server.state_dir, base_dir))
+    server = dataclasses.replace(
+        server,
+        state_dir=_resolve(server.state_dir, base_dir),
+        tls_cert=_resolve(server.tls_cert, base_dir),
+        tls_key=_resolve(server.tls_key, base_dir),
+    )
+    if _is_set(server.tls_cert) != _is_set(server.tls_key):
+        raise SettingsError(
+            f"{where}: server.tls_cert and server.tls_key go together: set both for HTTPS, or neither"
+        )
     built["server"] = _with_secret_files(server, base_dir, where)
     repositories = built["repositories"]
     built["repositories"] = dataclasses.replace(
@@ -603,7 +625,7 @@ def _with_secret_files(server: ServerSettings, base_dir: Path, where: str) -> Se
     values: dict[str, Any] = {}
     for file_key, (key, allowed) in _SECRET_FILES.items():
         path = getattr(server, file_key)
-        if str(path) in ("", "."):
+        if not _is_set(path):
             continue
         if getattr(server, key):
             raise SettingsError(

@@ -52,6 +52,9 @@ class SettingsFactory:
     DEFAULTS: Mapping[str, Mapping[str, Any]] = {
         "server": {"state_dir": "state"},
         "repositories": {"create_demo": False},
+        # A camera clock slow enough that a cookieless request gets frame 0 throughout a test;
+        # the tests of the clock set their own.
+        "camera": {"fps": 0.001},
     }
 
     def __init__(self, base_dir: Path) -> None:

@@ -114,6 +114,7 @@ async def test_cursor_cookie_is_http_only_and_lax(
         cookie = resp.cookies[COOKIE_NAME]
     assert cookie["httponly"]
     assert cookie["samesite"] == "Lax"
+    assert not cookie["secure"]  # plain HTTP; tests/test_tls.py has the HTTPS cookie
     assert cookie["path"] == "/"
     assert int(cookie["max-age"]) == make_settings().camera.cursor_max_age
     assert "cursors" not in cookie.value  # encrypted, not readable

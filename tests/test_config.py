@@ -225,7 +225,7 @@ def test_without_an_environment_only_the_file_counts(tmp_path: Path) -> None:
             {"FRAMEHUB_SERVER_PROT": "1"},
             "environment: unknown variable FRAMEHUB_SERVER_PROT: [server] has no key prot; "
             "allowed keys are api_token, api_token_file, cors_allowed_origins, host, log_level, "
-            "port, secret_key, secret_key_file, shutdown_timeout, state_dir",
+            "port, secret_key, secret_key_file, shutdown_timeout, state_dir, tls_cert, tls_key",
             id="unknown-key",
         ),
         pytest.param(

@@ -1,7 +1,9 @@
 """The virtual camera: repositories of images served frame by frame (paradrop-imserve's API and more).
 
 ``GET /`` and ``GET /{repo}`` describe repositories. ``GET /{repo}/video.jpg`` hands each client the
-next frame; its position per repository lives in an encrypted aiohttp-session cookie. While a
+next frame; its position per repository lives in an encrypted aiohttp-session cookie, or on the
+server for a client named with ``?client=`` (:mod:`server.store.cursors`), and a client with
+neither gets the frame playing now. While a
 repository is being prepared (or failed) the answer is a placeholder JPEG with ``X-Placeholder:
 true``, so ``<img>`` dashboards keep showing something. ``GET /{repo}/video.mjpg`` pushes frames as
 ``multipart/x-mixed-replace`` at a chosen rate; ``GET /{repo}/frames/{index}`` gives one frame.
@@ -15,16 +17,18 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp_session import STORAGE_KEY, get_session
+from aiohttp_session import STORAGE_KEY, Session, get_session
 
 from server.errors import FramehubError, InvalidParameter, RepositoryNotFound
 from server.keys import (
+    client_cursors_key,
     lifecycle_key,
     metrics_key,
     placeholder_key,
     repository_store_key,
     settings_key,
 )
+from server.store.cursors import check_client_id
 from server.store.repositories import Frame, RepositoryStore
 from server.web.mjpeg import MJPEG_CONTENT_TYPE, mjpeg_part
 
@@ -51,37 +55,64 @@ async def describe_repository(request: web.Request) -> web.Response:
 
 
 async def next_frame(request: web.Request) -> web.StreamResponse:
-    """``GET /{repo}/video.jpg``: the next frame for this client, wrapping at the end.
+    """``GET /{repo}/video.jpg[?client=ID]``: the next frame for this client, wrapping at the end.
 
-    ``HEAD`` describes that frame without taking it: the cursor stays, nothing is counted.
+    A ``client`` id keeps its cursor on the server, from frame 0; without one the cursor cookie
+    keeps it, as paradrop-imserve does. A request with neither gets the frame playing now (see
+    :meth:`~server.store.repositories.Repository.playing_now`) and a cookie to go on from there. ``HEAD`` describes that frame
+    without taking it: the cursor stays, nothing is counted.
     """
+    client = request.query.get("client")
+    if client is not None:
+        check_client_id(client)
     store = request.app[repository_store_key]
     name = request.match_info["repo"]
     try:
         repo = await store.lookup(name)
     except RepositoryNotFound:
         return placeholder_response(request)
-    if repo.status != "available" or not repo.frames:
+    count = len(repo.frames)
+    if repo.status != "available" or not count:
         return placeholder_response(request)
-    session = await get_session(request)
-    cursors: dict[str, Any] = session.get(CURSORS) or {}
-    position = cursors.pop(name, 0)
-    frame, following = store.next_frame(repo, position if isinstance(position, int) else 0)
-    if frame is None:
-        return placeholder_response(request)
+    session: Session | None = None
+    if client is not None:
+        position = request.app[client_cursors_key].position(client, name)
+    else:
+        session = await get_session(request)
+        cursors: dict[str, Any] = session.get(CURSORS) or {}
+        saved = cursors.get(name)
+        if isinstance(saved, int):
+            position = saved
+        elif session.new:
+            position = repo.playing_now(request.app[settings_key].camera.fps)
+        else:
+            position = 0
+    index = position % count
+    frame = repo.frames[index]
     if request.method == "HEAD":
-        return await _frame_response(store, frame)
-    cursors[name] = following
-    while len(cursors) > MAX_CURSORS:
-        cursors.pop(next(iter(cursors)))
-    session[CURSORS] = cursors
+        return await _frame_response(store, frame, index)
+    following = (index + 1) % count
+    if session is not None:
+        _move_cookie_cursor(session, name, following)
+    elif client is not None:
+        request.app[client_cursors_key].move(client, name, following)
     request.app[metrics_key].camera_frames_served.labels("video.jpg").inc()
-    response = await _frame_response(store, frame)
-    if not isinstance(response, web.Response):
+    response = await _frame_response(store, frame, index)
+    if session is not None and not isinstance(response, web.Response):
         # aiohttp-session saves only into web.Response, so a FileResponse would never move the
         # cursor: https://github.com/aio-libs/aiohttp-session/issues/640
         await request[STORAGE_KEY].save_session(request, response, session)
     return response
+
+
+def _move_cookie_cursor(session: Session, name: str, position: int) -> None:
+    """Set the cookie's cursor of repository ``name``, keeping the newest :data:`MAX_CURSORS`."""
+    cursors: dict[str, Any] = session.get(CURSORS) or {}
+    cursors.pop(name, None)
+    cursors[name] = position
+    while len(cursors) > MAX_CURSORS:
+        cursors.pop(next(iter(cursors)))
+    session[CURSORS] = cursors
 
 
 async def frame_by_index(request: web.Request) -> web.StreamResponse:
@@ -96,7 +127,7 @@ async def frame_by_index(request: web.Request) -> web.StreamResponse:
         return placeholder_response(request)
     frame = store.frame_at(repo, int(raw))
     request.app[metrics_key].camera_frames_served.labels("frames").inc()
-    return await _frame_response(store, frame)
+    return await _frame_response(store, frame, int(raw))
 
 
 async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
@@ -172,9 +203,9 @@ def placeholder_response(request: web.Request) -> web.Response:
     )
 
 
-async def _frame_response(store: RepositoryStore, frame: Frame) -> web.StreamResponse:
+async def _frame_response(store: RepositoryStore, frame: Frame, index: int) -> web.StreamResponse:
     body = await store.cached_frame_bytes(frame)
-    headers = {"X-Frame-Name": frame.name, **NO_STORE}
+    headers = {"X-Frame-Name": frame.name, "X-Frame-Number": str(index), **NO_STORE}
     if body is None:
         response = web.FileResponse(frame.path, headers=headers)
         response.content_type = frame.content_type

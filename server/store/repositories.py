@@ -71,6 +71,12 @@ class Repository:
     download: asyncio.Task[None] | None = None
     failures: int = 0
     retry_at: float = 0.0
+    available_since: float = 0.0  # time.monotonic() when it last became available
+
+    def playing_now(self, fps: float) -> int:
+        """The frame a camera playing the repository at ``fps`` since it became available
+        shows now, wrapping at the end; the same for every client asking at the same moment."""
+        return int((time.monotonic() - self.available_since) * fps) % len(self.frames)
 
     def describe(self, with_images: bool = False) -> dict[str, Any]:
         """The JSON shape of ``GET /`` (without images) and ``GET /{repo}`` (with)."""
@@ -191,7 +197,7 @@ class RepositoryStore:
     def _mark_available(self, repo: Repository, path: Path) -> None:
         repo.status, repo.progress, repo.error = "available", 1.0, None
         repo.folder_mtime_ns = path.stat().st_mtime_ns
-        repo.checked_at = time.monotonic()
+        repo.checked_at = repo.available_since = time.monotonic()
 
     async def _maybe_rescan(self, repo: Repository) -> None:
         now = time.monotonic()

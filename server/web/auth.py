@@ -18,6 +18,8 @@ from server.web.socketio import SOCKETIO_PREFIX
 
 CORS_METHODS = "GET, POST, HEAD, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type"
+# Answer headers a cross-origin fetch may read: which frame it got, and where a batch job lives.
+CORS_EXPOSED = "X-Placeholder, X-Frame-Name, X-Frame-Number, X-Frame-Timestamp, Location"
 
 
 def token_matches(expected: str, presented: str | None) -> bool:
@@ -60,6 +62,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
     if permitted and origin is not None and not response.prepared:
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
         response.headers["Vary"] = "Origin"
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = CORS_METHODS

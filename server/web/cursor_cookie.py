@@ -38,7 +38,7 @@ class CursorCookieStorage(EncryptedCookieStorage):
         self, response: web.StreamResponse, cookie_data: str, *, max_age: int | None = None
     ) -> None:
         params = self.cookie_params
-        if not cookie_data or params.get("domain") or params.get("secure"):
+        if not cookie_data or params.get("domain"):
             # Deleting, or attributes we do not write ourselves: aiohttp-session's own way.
             super().save_cookie(response, cookie_data, max_age=max_age)
             return
@@ -46,6 +46,8 @@ class CursorCookieStorage(EncryptedCookieStorage):
         if max_age is not None:
             expires = time.strftime("%a, %d-%b-%Y %T GMT", time.gmtime(time.time() + max_age))
             attributes += [f"expires={expires}", f"Max-Age={max_age}"]
+        if params.get("secure"):
+            attributes.append("Secure")
         if params.get("httponly"):
             attributes.append("HttpOnly")
         if params.get("samesite"):
