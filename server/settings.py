@@ -132,6 +132,14 @@ class ServerSettings:
     state_dir: Path = _setting(Path("state"))
     secret_key: str = _setting("", (_fernet_key_or_empty, f"{_FERNET_KEY} or empty"), secret=True)
     secret_key_file: Path = _setting(Path(""))
+    old_secret_keys: list[str] = _setting(
+        [],
+        (
+            lambda keys: all(key and _fernet_key_or_empty(key) for key in keys),
+            "a list of Fernet keys (32 url-safe base64-encoded bytes each)",
+        ),
+        secret=True,
+    )
     api_token: str = _setting("", secret=True)
     api_token_file: Path = _setting(Path(""))
     cors_allowed_origins: list[str] = _setting(
@@ -140,6 +148,10 @@ class ServerSettings:
     shutdown_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
     tls_cert: Path = _setting(Path(""))
     tls_key: Path = _setting(Path(""))
+    event_loop: str = _setting(
+        "auto",
+        (lambda v: v in ("auto", "uvloop", "asyncio"), '"auto", "uvloop" or "asyncio"'),
+    )
     log_level: str = _setting(
         "INFO",
         (

@@ -39,7 +39,11 @@ _JOURNAL_DEBUG = 7
 
 def secrets_of(settings: Settings) -> list[str]:
     """The values in ``settings`` that must never reach a log line."""
-    values = [settings.server.api_token, settings.server.secret_key]
+    values = [
+        settings.server.api_token,
+        settings.server.secret_key,
+        *settings.server.old_secret_keys,
+    ]
     for processor in settings.processors.values():
         values.extend(processor.headers.values())
     for webhook in settings.webhooks.values():
