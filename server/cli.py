@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = effective_settings(args)
         setup_logging(args.log_level or settings.server.log_level, secrets_of(settings))
         tls = server_ssl_context(settings.server, args.config.name)
+        loop_factory = event_loop_factory(settings.server.event_loop, args.config.name)
         app = create_app(settings)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return settings
 
     try:
-        asyncio.run(serve(app, settings, reload_settings, tls))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(app, settings, reload_settings, tls))
     except OSError as exc:  # typically the port is taken
         print(
             f"framehub: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}",
@@ -152,6 +155,7 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         settings = effective_settings(args)
         server_ssl_context(settings.server, args.config.name)
+        event_loop_factory(settings.server.event_loop, args.config.name)
     except SettingsError as exc:
         print(f"framehub: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +177,26 @@ def effective_settings(args: argparse.Namespace) -> Settings:
         server = dataclasses.replace(settings.server, **overrides)
         settings = dataclasses.replace(settings, server=server)
     return settings
+
+
+def event_loop_factory(
+    choice: str, where: str = "settings"
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What ``[server] event_loop`` runs on: uvloop's loop, or None for asyncio's own; "auto" is
+    uvloop when it can be imported."""
+    if choice == "asyncio":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        if choice == "auto":
+            return None
+        raise SettingsError(
+            f'{where}: server.event_loop is "uvloop", but uvloop is not installed: '
+            'pip install uvloop, or set "auto" or "asyncio"'
+        ) from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def python_too_old(version: tuple[object, ...]) -> str:
@@ -232,10 +256,11 @@ async def serve(
         site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=tls)
         await site.start()
         _LOGGER.info(
-            "listening on %s://%s:%d",
+            "listening on %s://%s:%d (event loop: %s)",
             "https" if tls else "http",
             settings.server.host,
             settings.server.port,
+            type(loop).__module__.partition(".")[0],
         )
         lifecycle.ready()
         # What start-up made (modules, the app, the demo index) lives as long as the process:

@@ -8,15 +8,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from fakes import free_port
-from server.cli import main
+from server.cli import event_loop_factory, main
+from server.settings import SettingsError
 
 if TYPE_CHECKING:
+    from apps import ServerProcess
     from common import Images
 
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
@@ -148,3 +151,25 @@ def test_a_python_without_tarfile_filters_is_refused_in_one_line(
 
 def test_setup_cfg_asks_for_the_same_python() -> None:
     assert "python_requires = >=3.11.4" in (MAIN.parent / "setup.cfg").read_text()
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio", "auto"])
+def test_runs_on_the_event_loop_asked_for(
+    start_server: Callable[..., ServerProcess], event_loop: str
+) -> None:
+    server = start_server({"server": {"event_loop": event_loop}})
+    server.wait_ready()
+    body = wait_until_answering(f"{server.url}/healthz", server.process)
+    assert server.stop() == 0
+    assert b"alive" in body
+    # "auto" takes uvloop, which is installed with framehub here.
+    expected = "asyncio" if event_loop == "asyncio" else "uvloop"
+    assert f"(event loop: {expected})" in server.stderr()
+
+
+def test_uvloop_asked_for_but_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A box without uvloop's wheel cannot be made here for real: hide the installed module.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert event_loop_factory("auto") is None  # auto falls back to asyncio's loop
+    with pytest.raises(SettingsError, match=r'server\.event_loop is "uvloop", but uvloop is not'):
+        event_loop_factory("uvloop")
