@@ -38,6 +38,7 @@ from server.keys import (
     camera_registry_key,
     client_cursors_key,
     client_session_key,
+    connection_guard_key,
     encoder_executor_key,
     in_flight_key,
     job_queue_key,
@@ -69,6 +70,7 @@ from server.settings import Settings
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
 from server.web.auth import cors_middleware
+from server.web.connections import ConnectionGuard
 from server.web.cursor_cookie import CursorCookieStorage
 from server.web.http_metrics import http_metrics_middleware
 from server.web.middleware import error_middleware
@@ -228,12 +230,15 @@ async def reload(app: web.Application, settings: Settings) -> list[str]:
 def create_app(settings: Settings) -> web.Application:
     """Build the framehub application for ``settings``."""
     in_flight = InFlight()
+    metrics = Metrics()
+    guard = ConnectionGuard(settings.server, metrics)
     app = web.Application(
         # Metrics outside the error middleware, so errors count with the status of their answer.
         middlewares=[
             in_flight.middleware,
             http_metrics_middleware,
             error_middleware,
+            guard.middleware,
             cors_middleware,
         ],
         client_max_size=CLIENT_MAX_SIZE,
@@ -241,7 +246,9 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[reloaded_settings_key] = ReloadedSettings(settings)
     app[in_flight_key] = in_flight
-    app[metrics_key] = Metrics()
+    app[metrics_key] = metrics
+    app[connection_guard_key] = guard
+    metrics.connections_open.set_function(lambda: guard.open_connections)
     app[client_cursors_key] = ClientCursors(settings.camera.max_clients)
     app[lifecycle_key] = Lifecycle(Notifier(), settings.server.shutdown_timeout)
     setup_session(

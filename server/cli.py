@@ -32,9 +32,10 @@ from pathlib import Path
 from aiohttp import web
 
 from server.app import create_app, reload, stop
-from server.keys import lifecycle_key
+from server.keys import connection_guard_key, lifecycle_key
 from server.ops.logs import REDACTED, redact, secrets_of, setup_logging
 from server.settings import Settings, SettingsError, load_settings, settings_as_toml
+from server.web.connections import raise_file_limit
 from server.web.tls import server_ssl_context
 
 _LOGGER = logging.getLogger("server")
@@ -44,6 +45,8 @@ MINIMUM_PYTHON = (3, 11, 4)
 # The ordered stop has waited for requests until [server] shutdown_timeout already; aiohttp's own
 # wait afterwards is only for connections to close.
 RUNNER_SHUTDOWN_SLACK = 1.0
+# Connections the kernel queues before accept(): room for a burst of cameras reconnecting.
+LISTEN_BACKLOG = 1024
 
 
 def _port(text: str) -> int:
@@ -252,15 +255,29 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SLACK)
     await runner.setup()
     lifecycle = app[lifecycle_key]
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=tls)
-        await site.start()
+        guard = app[connection_guard_key]
+        guard.limit_connections(raise_file_limit())
+        loop.set_exception_handler(guard.loop_exception_handler)
+        # Our own listener rather than an aiohttp site: each connection goes through the guard
+        # (server.web.connections) before aiohttp's protocol sees it.
+        assert runner.server is not None
+        listener = await loop.create_server(
+            guard.protocol_factory(runner.server),
+            settings.server.host,
+            settings.server.port,
+            ssl=tls,
+            backlog=LISTEN_BACKLOG,
+            ssl_handshake_timeout=settings.server.header_timeout if tls else None,
+        )
         _LOGGER.info(
-            "listening on %s://%s:%d (event loop: %s)",
+            "listening on %s://%s:%d (event loop: %s, at most %d connections)",
             "https" if tls else "http",
             settings.server.host,
             settings.server.port,
             type(loop).__module__.partition(".")[0],
+            guard.max_connections,
         )
         lifecycle.ready()
         # What start-up made (modules, the app, the demo index) lives as long as the process:
@@ -270,9 +287,11 @@ async def serve(
         # Readiness drops and the listener closes, while connections are still read: the
         # ordered stop needs its clients' frames acked and its results delivered.
         lifecycle.stop()
-        await site.stop()
+        listener.close()
         await stop(app)
     finally:
         lifecycle.stop()
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         _LOGGER.info("stopped")

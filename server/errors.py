@@ -115,6 +115,12 @@ class UploadIncomplete(FramehubError):
     status = 400
 
 
+class BodyStalled(FramehubError):
+    """A request body that stopped flowing for ``[server] body_idle_timeout``."""
+
+    status = 408
+
+
 class UnknownProcessor(FramehubError):
     """A processor name that is not configured."""
 
@@ -173,3 +179,10 @@ class TooManyViewers(FramehubError):
     """A camera already streamed to ``[live] max_viewers`` viewers."""
 
     status = 503
+
+
+class TooManyConnections(FramehubError):
+    """A client behind a trusted proxy has ``[server] max_connections_per_ip`` requests open."""
+
+    status = 503
+

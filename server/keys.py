@@ -20,6 +20,7 @@ from server.ops.metrics import Metrics
 from server.settings import Settings
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
+from server.web.connections import ConnectionGuard
 from server.web.socketio import InFlight
 
 
@@ -38,6 +39,7 @@ placeholder_key = web.AppKey("placeholder_jpeg", bytes)
 client_cursors_key = web.AppKey("client_cursors", ClientCursors)
 socketio_key = web.AppKey("socketio", socketio.AsyncServer)
 in_flight_key = web.AppKey("in_flight", InFlight)
+connection_guard_key = web.AppKey("connection_guard", ConnectionGuard)
 encoder_executor_key = web.AppKey("encoder_executor", ThreadPoolExecutor)
 builtin_analyses_key = web.AppKey("builtin_analyses", BuiltinAnalyses)
 processor_pool_key = web.AppKey("processor_pool", ProcessorPool)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import ipaddress
 import json
 import re
 import tomllib
@@ -119,6 +120,15 @@ _X264_PRESETS = (
 )
 
 
+def _networks(value: list[str]) -> bool:
+    try:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _origins(value: list[str]) -> bool:
     return all(origin == "*" or _http_url(origin) for origin in value)
 
@@ -146,6 +156,15 @@ class ServerSettings:
         [], (_origins, 'a list of origins such as "https://example.com", or ["*"]')
     )
     shutdown_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+    header_timeout: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+    body_idle_timeout: float = _setting(60.0, (_positive, "a number of seconds above 0"))
+    max_connections: int = _setting(
+        0, (_non_negative, "a whole number, 0 for as many as the open files limit allows")
+    )
+    max_connections_per_ip: int = _setting(256, (_positive, "a whole number above 0"))
+    trusted_proxies: list[str] = _setting(
+        [], (_networks, 'a list of addresses or networks, such as "127.0.0.1" or "10.0.0.0/8"')
+    )
     tls_cert: Path = _setting(Path(""))
     tls_key: Path = _setting(Path(""))
     event_loop: str = _setting(

@@ -13,7 +13,7 @@ from aiohttp import BodyPartReader, web
 from server.errors import MissingUpload, PayloadTooLarge
 from server.keys import builtin_analyses_key, settings_key
 from server.settings import BUILTIN_KINDS
-from server.web.bodies import multipart_reader, read_capped
+from server.web.bodies import idle_limited, multipart_parts, read_capped
 
 
 async def _read_clip(request: web.Request) -> bytes:
@@ -25,13 +25,13 @@ async def _read_clip(request: web.Request) -> bytes:
 
     if request.content_length is not None and request.content_length > limit:
         raise too_large()
+    idle = request.app[settings_key].server.body_idle_timeout
     if request.content_type.startswith("multipart/"):
-        reader = await multipart_reader(request)
-        async for part in reader:
+        async for part in multipart_parts(request, idle):
             if isinstance(part, BodyPartReader) and part.filename is not None:
-                return await read_capped(part.read_chunk, limit, too_large)
+                return await read_capped(idle_limited(part.read_chunk, idle), limit, too_large)
         raise MissingUpload("no file in the multipart body: send the clip as a file field")
-    return await read_capped(request.content.read, limit, too_large)
+    return await read_capped(idle_limited(request.content.read, idle), limit, too_large)
 
 
 async def analyze(request: web.Request) -> web.Response:

@@ -32,7 +32,7 @@ from server.errors import (
 from server.keys import job_queue_key, metrics_key, processor_pool_key, settings_key
 from server.media.probe import probe_video
 from server.web.auth import require_token
-from server.web.bodies import multipart_reader
+from server.web.bodies import idle_limited, multipart_parts
 
 FILE_FIELD = "file"
 # Multipart framing around the file (boundaries, part headers) allowed on top of max_bytes.
@@ -152,18 +152,19 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
 async def _receive(request: web.Request) -> Upload:
     """The video of the request body, streamed to a temp file under ``state_dir/uploads``."""
     folder = request.app[job_queue_key].uploads_dir
-    limit = request.app[settings_key].batch.max_bytes
+    settings = request.app[settings_key]
+    limit = settings.batch.max_bytes
+    idle = settings.server.body_idle_timeout
     if request.content_type != "multipart/form-data":
         name = DEFAULT_NAME + (mimetypes.guess_extension(request.content_type) or "")
-        return await receive_upload(request.content.read, folder, limit, name, request.content_type)
-    reader = await multipart_reader(request)
+        read = idle_limited(request.content.read, idle)
+        return await receive_upload(read, folder, limit, name, request.content_type)
     try:
-        async for part in reader:
+        async for part in multipart_parts(request, idle):
             if isinstance(part, BodyPartReader) and part.name == FILE_FIELD:
                 name = _safe_name(part.filename)
-                return await receive_upload(
-                    part.read_chunk, folder, limit, name, _part_type(part, name)
-                )
+                read = idle_limited(part.read_chunk, idle)
+                return await receive_upload(read, folder, limit, name, _part_type(part, name))
     except ValueError as exc:  # no boundary where the Content-Type says
         raise MalformedBody(f"malformed multipart body: {exc}") from None
     raise MissingUpload(f"no field {FILE_FIELD!r} in the multipart body: {HOW_TO_SEND}")

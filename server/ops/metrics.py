@@ -104,6 +104,21 @@ class Metrics:
         self.sessions_connected = Gauge(
             "framehub_sessions_connected", "Live Socket.IO sessions", registry=r
         )
+        self.connections_open = Gauge(
+            "framehub_connections_open", "Open HTTP connections (websockets included)", registry=r
+        )
+        self.connections_refused = Counter(
+            "framehub_connections_refused",
+            "Connections closed on accept or requests refused, by the limit that refused them",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_timed_out = Counter(
+            "framehub_connections_timed_out",
+            "Connections closed for being too slow, by phase (headers, body)",
+            ["phase"],
+            registry=r,
+        )
         self.repository_downloads = Counter(
             "framehub_repository_downloads",
             "Repository archive downloads, by outcome",

@@ -1,6 +1,10 @@
 """Bodies that routes and clients read themselves, never whole in memory unless small and capped.
 
-- :func:`multipart_reader`: the multipart reader of a request, a missing boundary a 400, not a 500.
+- :func:`multipart_reader`: the multipart reader of a request, a missing boundary a 400, not a 500;
+  :func:`multipart_parts`: its parts, each awaited within ``[server] body_idle_timeout``.
+- :func:`idle_limited`: a ``read`` that gives up (:class:`~server.errors.BodyStalled`, 408) when no
+  byte came for ``body_idle_timeout``, so a client sending a byte a minute cannot hold a request,
+  its temp file and its connection; a body that keeps moving is never cut, however long it takes.
 - :func:`read_capped`: a body into memory up to a limit (clips for ``/analyze/*``, the answers of
   analysis APIs).
 - :func:`copy_to_file`: a body streamed to a file up to a limit, written in a worker thread a few
@@ -16,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO
 
-from aiohttp import MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 
-from server.errors import InsufficientStorage, MalformedBody
+from server.errors import BodyStalled, InsufficientStorage, MalformedBody
 
 # Bytes asked for at a time: whatever is buffered up to this comes back in one call, and each call
 # costs the event loop a turn.
@@ -42,6 +46,42 @@ async def multipart_reader(request: web.Request) -> MultipartReader:
         return await request.multipart()
     except ValueError as exc:  # aiohttp: "boundary missed for Content-Type: ..."
         raise MalformedBody(f"malformed multipart body: {exc}") from None
+
+
+def body_stalled(seconds: float) -> BodyStalled:
+    """The error for a request body that stopped flowing for ``seconds``."""
+    return BodyStalled(
+        f"the request body stopped: nothing arrived for {seconds:g} s ([server] body_idle_timeout)"
+    )
+
+
+def idle_limited(read: Read, seconds: float) -> Read:
+    """``read``, raising :func:`body_stalled` when a call waits ``seconds`` for its bytes."""
+
+    async def read_or_give_up(size: int) -> bytes:
+        try:
+            async with asyncio.timeout(seconds):
+                return await read(size)
+        except TimeoutError:
+            raise body_stalled(seconds) from None
+
+    return read_or_give_up
+
+
+async def multipart_parts(
+    request: web.Request, seconds: float
+) -> AsyncIterator[BodyPartReader | MultipartReader]:
+    """The parts of a multipart request body, each part's headers awaited within ``seconds``."""
+    reader = await multipart_reader(request)
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                part = await reader.next()
+        except TimeoutError:
+            raise body_stalled(seconds) from None
+        if part is None:
+            return
+        yield part
 
 
 async def read_capped(read: Read, limit: int, too_large: TooLarge) -> bytes:
