@@ -69,7 +69,7 @@ from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
-from server.web.auth import cors_middleware
+from server.web.auth import cors_middleware, token_middleware
 from server.web.connections import ConnectionGuard
 from server.web.cursor_cookie import CursorCookieStorage
 from server.web.http_metrics import http_metrics_middleware
@@ -240,6 +240,8 @@ def create_app(settings: Settings) -> web.Application:
             error_middleware,
             guard.middleware,
             cors_middleware,
+            # Without a token every route is open: no check to pay for on each request.
+            *([token_middleware] if settings.server.api_token else []),
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )

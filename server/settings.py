@@ -129,6 +129,15 @@ def _networks(value: list[str]) -> bool:
     return True
 
 
+# Route groups of ``[server] public`` (see server.web.auth.route_group).
+ROUTE_GROUPS = ("camera", "live", "ui", "metrics", "health", "ingest", "batch", "analyze")
+PUBLIC_BY_DEFAULT = ["camera", "live", "ui", "metrics", "health"]
+
+
+def _route_groups(value: list[str]) -> bool:
+    return all(group in ROUTE_GROUPS for group in value)
+
+
 def _origins(value: list[str]) -> bool:
     return all(origin == "*" or _http_url(origin) for origin in value)
 
@@ -152,6 +161,13 @@ class ServerSettings:
     )
     api_token: str = _setting("", secret=True)
     api_token_file: Path = _setting(Path(""))
+    public: list[str] = _setting(
+        PUBLIC_BY_DEFAULT,
+        (
+            _route_groups,
+            "a list of route groups among " + ", ".join(f'"{g}"' for g in ROUTE_GROUPS),
+        ),
+    )
     cors_allowed_origins: list[str] = _setting(
         [], (_origins, 'a list of origins such as "https://example.com", or ["*"]')
     )
@@ -309,7 +325,6 @@ class LiveSettings:
     takeover: bool = _setting(True)
     keep: float = _setting(300.0, (_non_negative, "a number of seconds, 0 or more"))
     max_viewers: int = _setting(20, (_positive, "a whole number above 0"))
-    public: bool = _setting(True)
 
 
 def _camera_patterns(value: list[str]) -> bool:
@@ -506,12 +521,22 @@ def _checked(
     return converted
 
 
+# Keys of earlier releases, and where their meaning went.
+_MOVED_KEYS = {
+    "live.public": 'is now the group "live" in [server] public: list it there to keep the live '
+    "cameras open without the token, or leave it out to close them",
+}
+
+
 def build_table(cls: type, table: Any, name: str, where: str) -> Any:
     """Build dataclass ``cls`` from TOML ``table``, naming ``name.key`` in every error."""
     if not isinstance(table, dict):
         raise SettingsError(f"{where}: [{name}] must be a table")
     known = _fields(cls)
     unknown = sorted(set(table) - set(known))
+    for key in unknown:
+        if f"{name}.{key}" in _MOVED_KEYS:
+            raise SettingsError(f"{where}: {name}.{key} {_MOVED_KEYS[f'{name}.{key}']}")
     if unknown:
         raise SettingsError(
             f"{where}: unknown key {name}.{unknown[0]}; allowed keys are {', '.join(sorted(known))}"

@@ -312,7 +312,7 @@ async def test_private_live_routes_need_the_token(
     live_server: LiveServerFactory, live_frames: LiveFrames
 ) -> None:
     token = "s3cret-token"
-    server = await live_server(server={"api_token": token}, live={"public": False})
+    server = await live_server(server={"api_token": token, "public": ["camera", "ui", "metrics"]})
     for path in ("/live", "/live/gate/latest.jpg", "/live/gate/video.mjpg", "/live/gate/events"):
         async with server.http.get(f"{server.url}{path}") as resp:
             assert resp.status == 401, path

@@ -31,7 +31,7 @@ from server.errors import (
 )
 from server.keys import job_queue_key, metrics_key, processor_pool_key, settings_key
 from server.media.probe import probe_video
-from server.web.auth import require_token
+from server.web.auth import require_token_for_route
 from server.web.bodies import idle_limited, multipart_parts
 
 FILE_FIELD = "file"
@@ -86,7 +86,6 @@ async def _accept(request: web.Request) -> tuple[Job, bool]:
 
 async def describe_job(request: web.Request) -> web.Response:
     """``GET /batch/{ID}``: status, queue position, and the result once done."""
-    require_token(request)
     queue = request.app[job_queue_key]
     job = queue.get(request.match_info["job"])
     return web.json_response(
@@ -111,7 +110,8 @@ async def expect_continue(request: web.Request) -> None:
 
 def _check_request(request: web.Request) -> tuple[list[str], bool]:
     """The processors asked for and whether to wait; raises for anything refused before the body."""
-    require_token(request)
+    # Also here, not only in the token middleware: aiohttp runs the Expect handler before it.
+    require_token_for_route(request)
     processes = _processes(request)
     wait = _flag(request, "wait", default=True)
     max_bytes = request.app[settings_key].batch.max_bytes

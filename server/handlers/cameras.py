@@ -5,7 +5,8 @@
 newest one, never a backlog (one frame of memory per viewer, the part built once per frame for
 all); ``result`` is the newest result; ``events`` is a Server-Sent Events stream of ``result``,
 ``online`` and ``offline``. The state lives in :class:`server.live.cameras.CameraRegistry`. With
-``[server] api_token`` set and ``[live] public = false`` every route needs the token.
+``[server] api_token`` set and "live" not in ``[server] public``, every route needs the token
+(``server.web.auth``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from server.keys import (
     settings_key,
 )
 from server.live.cameras import Camera, check_camera_name
-from server.web.auth import require_token
 from server.web.mjpeg import MJPEG_CONTENT_TYPE, mjpeg_part
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,20 +38,13 @@ UNKNOWN_CAMERA_RECHECK = 1.0
 EVENTS_KEEPALIVE = 15.0
 
 
-def _require_token_unless_public(request: web.Request) -> None:
-    if not request.app[settings_key].live.public:
-        require_token(request)
-
-
 def _guard(request: web.Request) -> str:
-    """The checked camera name of the request, after the token when the routes are private."""
-    _require_token_unless_public(request)
+    """The checked camera name of the request."""
     return check_camera_name(request.match_info["name"])
 
 
 async def list_cameras(request: web.Request) -> web.Response:
     """``GET /live``: every camera, online or recently offline."""
-    _require_token_unless_public(request)
     return web.json_response(request.app[camera_registry_key].describe_all(), headers=NO_STORE)
 
 

@@ -8,8 +8,8 @@ events. :class:`LiveNamespace` only translates: per-connection state lives in th
 Every session is a camera named with ``camera`` (in ``/get_session_id?camera=NAME``, the connect's
 ``auth`` dict or its query) or under a generated name. A connection with ``auth={"watch": true}``
 (or ``?watch=1``) streams nothing: it only ``watch``es cameras, joining the Socket.IO room
-``camera:NAME`` whose ``result`` events the camera registry broadcasts; with ``[live] public`` it
-needs no token.
+``camera:NAME`` whose ``result`` events the camera registry broadcasts; with "live" in
+``[server] public`` it needs no token.
 
 A generated id or camera name is announced in a ``session`` event from a task started by
 ``on_connect``:
@@ -31,14 +31,13 @@ from server.errors import FramehubError, InvalidCameraName
 from server.keys import processor_pool_key, session_registry_key, settings_key
 from server.live.cameras import check_camera_name
 from server.live.processors import public_description
-from server.web.auth import bearer_token, require_token, token_matches
+from server.web.auth import bearer_token, needs_token, token_matches
 
 _LOGGER = logging.getLogger(__name__)
 
 
 async def get_session_id(request: web.Request) -> web.Response:
     """``GET /get_session_id[?camera=NAME]``: ``{"session_id": ...}`` for one connection."""
-    require_token(request)
     camera = request.query.get("camera")
     session_id = request.app[session_registry_key].issue_id(camera)
     body = {"session_id": session_id} | ({"camera": camera} if camera else {})
@@ -80,8 +79,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
         watch_only = given("watch") in (True, "1", "true")
         token = auth.get("token") or bearer_token(environ.get("HTTP_AUTHORIZATION"))
-        needs_token = not (watch_only and settings.live.public)
-        if needs_token and not token_matches(
+        group = "live" if watch_only else "ingest"
+        if needs_token(settings.server, group) and not token_matches(
             settings.server.api_token, token if isinstance(token, str) else None
         ):
             raise socketio.exceptions.ConnectionRefusedError(
