@@ -31,7 +31,7 @@ from aiohttp_session import setup as setup_session
 from cryptography.fernet import Fernet
 
 from server.batch.queue import JobQueue
-from server.handlers import analysis, batch, camera, cameras, live, service
+from server.handlers import analysis, batch, camera, cameras, live, service, ui
 from server.keys import (
     ReloadedSettings,
     builtin_analyses_key,
@@ -291,5 +291,6 @@ def create_app(settings: Settings) -> web.Application:
     cameras.setup_routes(app)
     analysis.setup_routes(app)
     batch.setup_routes(app)
+    ui.setup_routes(app)
     camera.setup_routes(app)  # last: `/{repo}` matches any single path segment
     return app

@@ -186,3 +186,8 @@ class TooManyConnections(FramehubError):
 
     status = 503
 
+
+class UiAssetsMissing(FramehubError):
+    """The pages' socket.io-client, installed by npm into ``server/ui/node_modules``, is missing."""
+
+    status = 503

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -31,13 +33,38 @@ SOCKETIO_PREFIX = "/socket.io/"
 CLOSE_WAIT = 1.0
 
 
+def origin_rule(listed: list[str]) -> str | Callable[[str | None, dict[str, Any]], bool] | None:
+    """python-engineio's ``cors_allowed_origins`` for ``[server] cors_allowed_origins``: None is
+    its same-origin rule, "*" any origin; a list is the listed origins and the server's own
+    still, since engineio's list would replace its same-origin rule and refuse the pages under
+    ``/ui/`` once another site is listed."""
+    if "*" in listed:
+        return "*"
+    if not listed:
+        return None
+    allowed = frozenset(listed)
+
+    def allowed_origin(origin: str | None, environ: dict[str, Any]) -> bool:
+        return origin in allowed or origin in _own_origins(environ)
+
+    return allowed_origin
+
+
+def _own_origins(environ: dict[str, Any]) -> set[str]:
+    """The origins a page of this server has: its Host, and what a proxy says it forwarded
+    (engineio's own same-origin rule)."""
+    scheme, host = environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST", "")
+    forwarded_scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
+    forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+    return {f"{scheme}://{host}", f"{forwarded_scheme}://{forwarded_host}"}
+
+
 def socketio_server(settings: Settings) -> socketio.AsyncServer:
     """python-socketio's server with framehub's CORS rule and message limit."""
     origins = settings.server.cors_allowed_origins
     return socketio.AsyncServer(
         async_mode="aiohttp",
-        # None means same origin only (python-socketio's rule); "*" opens it to all.
-        cors_allowed_origins=("*" if "*" in origins else (list(origins) or None)),
+        cors_allowed_origins=origin_rule(origins),
         max_http_buffer_size=settings.sessions.max_buffer_size,
         logger=False,
         engineio_logger=False,
