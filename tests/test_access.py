@@ -37,7 +37,8 @@ CLOSED_BY_DEFAULT = {"/get_session_id", "/options", "/analyze/{kind}", "/batch",
 def routes(client: FramehubClient) -> list[tuple[str, str, str]]:
     """``(pattern, method, path)`` of every route but Socket.IO's, its variables filled in."""
     found = []
-    for resource in client.server.app.router.resources():
+    assert client.app is not None
+    for resource in client.app.router.resources():
         pattern = resource.canonical
         if pattern == SOCKETIO:
             continue
