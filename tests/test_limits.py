@@ -14,13 +14,16 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import socketio
 
 from apps import ServerProcess
 from common import Images, write_video
+
+if TYPE_CHECKING:
+    from apps import Framehub, SettingsFactory
 
 StartServer = Callable[..., ServerProcess]
 FILE_LIMIT = 1024
@@ -219,3 +222,22 @@ async def test_a_stalled_upload_is_cut_and_a_moving_one_is_not(
             metrics = await resp.text()
     assert metric(metrics, "framehub_connections_timed_out_total", 'phase="body"') == 1
     assert server.stop() == 0
+
+
+async def test_one_address_cannot_take_every_session_id(
+    framehub: Framehub, make_settings: SettingsFactory
+) -> None:
+    client = await framehub.client(make_settings(sessions={"max_pending_per_ip": 5}))
+    url = client.make_url("/get_session_id")
+
+    async def ask(source: str) -> tuple[int, dict[str, Any]]:
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as resp:
+            return resp.status, await resp.json()
+
+    greedy = [await ask("127.0.0.2") for _ in range(8)]
+    assert [status for status, _ in greedy] == [200] * 5 + [503] * 3
+    error = greedy[-1][1]["error"]
+    assert "127.0.0.2" in error and "max_pending_per_ip = 5" in error
+    status, answer = await ask("127.0.0.3")  # another address is not locked out
+    assert status == 200 and answer["session_id"]

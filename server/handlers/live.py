@@ -28,10 +28,16 @@ import socketio
 from aiohttp import web
 
 from server.errors import FramehubError, InvalidCameraName
-from server.keys import processor_pool_key, session_registry_key, settings_key
+from server.keys import (
+    connection_guard_key,
+    processor_pool_key,
+    session_registry_key,
+    settings_key,
+)
 from server.live.cameras import check_camera_name
 from server.live.processors import public_description
 from server.web.auth import bearer_token, needs_token, token_matches
+from server.web.connections import client_address
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -39,7 +45,8 @@ _LOGGER = logging.getLogger(__name__)
 async def get_session_id(request: web.Request) -> web.Response:
     """``GET /get_session_id[?camera=NAME]``: ``{"session_id": ...}`` for one connection."""
     camera = request.query.get("camera")
-    session_id = request.app[session_registry_key].issue_id(camera)
+    address = client_address(request, request.app[connection_guard_key].trusted)
+    session_id = request.app[session_registry_key].issue_id(camera, address)
     body = {"session_id": session_id} | ({"camera": camera} if camera else {})
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 

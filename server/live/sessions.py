@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter
 
 from server.errors import ServerStopping, SessionRefused, TooManyPendingSessions
 from server.live.cameras import CameraRegistry, check_camera_name
@@ -39,8 +40,9 @@ class SessionRegistry:
         self._settings = settings.sessions
         self.pipeline = pipeline
         self.cameras = cameras
-        # Unused ids: when each expires, and the camera name asked for with it.
-        self._pending: dict[str, tuple[float, str | None]] = {}
+        # Unused ids: when each expires, the camera name asked for with it, and who asked.
+        self._pending: dict[str, tuple[float, str | None, str]] = {}
+        self._pending_per_address: Counter[str] = Counter()
         self._live: dict[str, LiveSession] = {}
         self._ids_in_use: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
@@ -62,9 +64,11 @@ class SessionRegistry:
         """Sessions ended whose last clip is still being made or analysed."""
         return len(self._closing)
 
-    def issue_id(self, camera: str | None = None) -> str:
-        """A new session id, valid for ``ttl`` seconds until a client connects with it; the
-        session will be camera ``camera`` unless the connect names another."""
+    def issue_id(self, camera: str | None = None, address: str = "") -> str:
+        """A new session id for the client at ``address``, valid for ``ttl`` seconds until a
+        client connects with it; the session will be camera ``camera`` unless the connect names
+        another. Unused ids are capped in total and per address, so that one address asking for
+        ids in a loop cannot lock everyone else out of live ingest."""
         if camera is not None:
             check_camera_name(camera)
         if self._stopping:
@@ -72,21 +76,37 @@ class SessionRegistry:
         self._purge_expired()
         if len(self._pending) >= self._settings.max_pending:
             raise TooManyPendingSessions(
-                f"too many unused session ids ({self._settings.max_pending}); connect with one "
-                f"you have or retry after they expire ({self._settings.ttl:g} s)"
+                f"too many unused session ids on this server ([sessions] max_pending = "
+                f"{self._settings.max_pending}); connect with one you have or retry after they "
+                f"expire ({self._settings.ttl:g} s)"
+            )
+        if self._pending_per_address[address] >= self._settings.max_pending_per_ip:
+            raise TooManyPendingSessions(
+                f"too many unused session ids for {address or 'this client'} ([sessions] "
+                f"max_pending_per_ip = {self._settings.max_pending_per_ip}); connect with one you "
+                f"have or retry after they expire ({self._settings.ttl:g} s)"
             )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-        self._pending[session_id] = (time.monotonic() + self._settings.ttl, camera)
+        self._pending[session_id] = (time.monotonic() + self._settings.ttl, camera, address)
+        self._pending_per_address[address] += 1
         return session_id
+
+    def _forget_pending(self, session_id: str) -> None:
+        entry = self._pending.pop(session_id, None)
+        if entry is not None:
+            address = entry[2]
+            self._pending_per_address[address] -= 1
+            if self._pending_per_address[address] <= 0:
+                del self._pending_per_address[address]
 
     def _purge_expired(self) -> None:
         # Ids are issued in time order with one ttl, so the expired ones are at the front.
         now = time.monotonic()
         while self._pending:
-            session_id, (expires, _camera) = next(iter(self._pending.items()))
+            session_id, (expires, _camera, _address) = next(iter(self._pending.items()))
             if expires > now:
                 break
-            del self._pending[session_id]
+            self._forget_pending(session_id)
 
     async def open(
         self, sid: str, session_id: str | None, emit: Emit, camera: str | None = None
@@ -123,7 +143,7 @@ class SessionRegistry:
         except BaseException:
             self._ids_in_use.discard(session_id)
             raise
-        self._pending.pop(session_id, None)
+        self._forget_pending(session_id)
         if self._stopping:  # stopped while the camera was claimed: release it again
             self._ids_in_use.discard(session_id)
             await self.cameras.release(claimed, sid)
@@ -167,6 +187,7 @@ class SessionRegistry:
         """
         self._stopping = True
         self._pending.clear()
+        self._pending_per_address.clear()
         for session in self._live.values():
             session.stop_taking_frames()
             self._close_in_background(session)
