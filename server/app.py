@@ -70,7 +70,7 @@ from server.settings import Settings
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
 from server.web.auth import cors_middleware, token_middleware
-from server.web.connections import ConnectionGuard
+from server.web.connections import ConnectionGuard, client_address
 from server.web.cursor_cookie import CursorCookieStorage
 from server.web.http_metrics import http_metrics_middleware
 from server.web.middleware import error_middleware
@@ -266,7 +266,10 @@ def create_app(settings: Settings) -> web.Application:
             samesite="None" if settings.server.uses_tls else "Lax",
         ),
     )
-    sio = socketio_server(settings)
+    def socketio_client(environ: dict[str, Any]) -> str:
+        return client_address(environ["aiohttp.request"], guard.trusted)
+
+    sio = socketio_server(settings, socketio_client)
     sio.register_namespace(live.LiveNamespace(app))
     sio.attach(app)
     app[socketio_key] = sio

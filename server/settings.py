@@ -242,6 +242,7 @@ class SessionSettings:
     ttl: float = _setting(300.0, (_positive, "a number of seconds above 0"))
     max_pending: int = _setting(1000, (_positive, "a whole number above 0"))
     max_pending_per_ip: int = _setting(50, (_positive, "a whole number above 0"))
+    handshake_timeout: float = _setting(5.0, (_positive, "a number of seconds above 0"))
     session_id_name: str = _setting(
         "session_id", (_identifier, "a name of letters, digits, '_' or '-'")
     )

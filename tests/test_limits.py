@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import time
 from collections.abc import Callable
@@ -241,3 +242,60 @@ async def test_one_address_cannot_take_every_session_id(
     assert "127.0.0.2" in error and "max_pending_per_ip = 5" in error
     status, answer = await ask("127.0.0.3")  # another address is not locked out
     assert status == 200 and answer["session_id"]
+
+
+def rss_of(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_handshakes_that_never_connect_are_closed_and_cost_nothing(
+    start_server: StartServer,
+) -> None:
+    server = start_server({"sessions": {"handshake_timeout": 1.0, "max_pending_per_ip": 40}})
+    server.wait_ready()
+    handshake = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    # 100 connections at a time, under max_connections_per_ip.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=100)
+
+    async def open_handshakes(attacker: aiohttp.ClientSession, count: int) -> list[Any]:
+        """(status, the sid or the refusal) of ``count`` handshakes at once."""
+
+        async def one() -> tuple[int, str]:
+            async with attacker.get(handshake) as resp:
+                text = await resp.text()
+            if resp.status == 200:  # "0{...}": the open packet with its sid
+                return 200, json.loads(text[1:])["sid"]
+            return resp.status, json.loads(text)
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+    async with (
+        aiohttp.ClientSession(connector=connector) as attacker,
+        aiohttp.ClientSession() as http,
+    ):
+        rounds = []
+        for _ in range(5):
+            answers = await open_handshakes(attacker, 300)
+            sids = [sid for status, sid in answers if status == 200]
+            refusals = [text for status, text in answers if status == 401]
+            assert len(sids) == 40 and len(refusals) == 260  # the address's cap, then refusals
+            assert "max_pending_per_ip = 40" in refusals[0]
+            await asyncio.sleep(1.5)  # past handshake_timeout and the close's own wait
+            rounds.append(rss_of(server.process.pid))
+        async with attacker.get(f"{handshake}&sid={sids[0]}") as resp:
+            assert resp.status == 400  # closed: engineio no longer knows it
+        # Meanwhile another address connects, and stays connected past the timeout.
+        async with http.get(f"{server.url}/get_session_id") as resp:
+            session_id = (await resp.json())["session_id"]
+        sio = socketio.AsyncClient(reconnection=False)
+        await sio.connect(f"{server.url}?session_id={session_id}", transports=["websocket"])
+        await asyncio.sleep(1.5)
+        assert sio.connected
+        assert await sio.call("test", "still here", timeout=5) == "still here"
+        await sio.disconnect()
+    assert server.stop() == 0
+    assert rounds[-1] - rounds[1] < 2 << 20, rounds  # flat after the first round

@@ -15,7 +15,9 @@ for the server to close, half-open connections) are closed, so their handlers re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ import socketio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.settings import Settings
+from server.settings import SessionSettings, Settings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,13 +61,90 @@ def _own_origins(environ: dict[str, Any]) -> set[str]:
     return {f"{scheme}://{host}", f"{forwarded_scheme}://{forwarded_host}"}
 
 
-def socketio_server(settings: Settings) -> socketio.AsyncServer:
-    """python-socketio's server with framehub's CORS rule and message limit."""
+class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, keeping Engine.IO handshakes that connect to no namespace cheap.
+
+    A handshake costs a session whose ping task holds it for engineio's ping interval (25 s)
+    even once closed, so a client opening them in a loop could grow memory without bound. Each
+    handshake is therefore counted for ``handshake_timeout`` seconds, at most ``max_pending`` at
+    once and ``max_pending_per_ip`` per client address (the ``[sessions]`` caps of unused session
+    ids; more are answered 401 naming the limit, and nothing is kept); at the end of that time a
+    connection that has not connected to the namespace is closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionSettings,
+        address_of: Callable[[dict[str, Any]], str],
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self._sessions = sessions
+        self._address_of = address_of
+        self._handshakes: dict[str, str] = {}  # eio sid -> client address, for handshake_timeout
+        self._handshakes_per_address: Counter[str] = Counter()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> str | None:
+        # python-socketio has no public hook for a new Engine.IO connection: this method is the
+        # engine's "connect" handler, whose non-None answer engineio turns into a 401.
+        address = self._address_of(environ)
+        if len(self._handshakes) >= self._sessions.max_pending:
+            return (
+                f"too many Socket.IO handshakes at once ([sessions] max_pending = "
+                f"{self._sessions.max_pending}); retry in a moment"
+            )
+        if self._handshakes_per_address[address] >= self._sessions.max_pending_per_ip:
+            return (
+                f"too many Socket.IO handshakes from {address} ([sessions] max_pending_per_ip "
+                f"= {self._sessions.max_pending_per_ip}); retry in a moment"
+            )
+        await super()._handle_eio_connect(eio_sid, environ)
+        self._handshakes[eio_sid] = address
+        self._handshakes_per_address[address] += 1
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._sessions.handshake_timeout, self._handshake_over, eio_sid)
+        return None
+
+    def _handshake_over(self, eio_sid: str) -> None:
+        address = self._handshakes.pop(eio_sid)
+        self._handshakes_per_address[address] -= 1
+        if not self._handshakes_per_address[address]:
+            del self._handshakes_per_address[address]
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+            return
+        _LOGGER.debug("closing Engine.IO connection %s: no namespace connect in time", eio_sid)
+        self.start_background_task(self._close, eio_sid, socket)
+
+    async def _close(self, eio_sid: str, socket: Any) -> None:
+        # The socket is marked closed at once; only the wait for its client to hear it is
+        # bounded. engineio drops closed sockets in a sweep that takes ping_timeout (20 s) to
+        # go round: drop it here at once.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                socket.close(reason=self.eio.reason.SERVER_DISCONNECT), CLOSE_WAIT
+            )
+        self.eio.sockets.pop(eio_sid, None)
+
+
+def socketio_server(
+    settings: Settings, address_of: Callable[[dict[str, Any]], str]
+) -> socketio.AsyncServer:
+    """python-socketio's server with framehub's CORS rule, message limit and handshake caps;
+    ``address_of`` names the client of a request's WSGI-style environ."""
     origins = settings.server.cors_allowed_origins
-    return socketio.AsyncServer(
+    return SocketIOServer(
+        sessions=settings.sessions,
+        address_of=address_of,
         async_mode="aiohttp",
         cors_allowed_origins=origin_rule(origins),
         max_http_buffer_size=settings.sessions.max_buffer_size,
+        # A client's events are handled one after the other, in the task reading its connection,
+        # rather than each in a task of its own: every handler answers at once (a frame is
+        # checked and queued in microseconds), so the task per event only cost time, about 4 us
+        # a frame with its done callback (of some 200 us, bench/ingest.py).
+        async_handlers=False,
         logger=False,
         engineio_logger=False,
     )
