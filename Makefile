@@ -8,7 +8,7 @@ CONFIG ?= settings.toml
 UI := server/ui
 UI_INSTALLED := $(UI)/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,20 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench
+
+# Fuzzing, not part of `make test`: FUZZ_SECONDS per target, every target unless FUZZ_TARGETS
+# names some (frames archives settings cookies multipart probe).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+
+# atheris has wheels for Linux x86_64 and needs clang elsewhere; without it, fuzz uses hypothesis.
+$(VENV)/.installed-fuzz: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	$(BIN)/python -m pip install --quiet atheris || echo "make: atheris did not install; fuzzing with hypothesis" >&2
+	touch $@
+
+fuzz: $(VENV)/.installed-fuzz
+	$(BIN)/python -m fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(VENV) $(UI)/node_modules state .mypy_cache .ruff_cache .pytest_cache

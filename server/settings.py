@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import ipaddress
 import json
+import math
 import re
 import tomllib
 import types
@@ -63,11 +64,12 @@ def _setting(default: Any, check: Check | None = None, secret: bool = False) -> 
 
 
 def _positive(value: float) -> bool:
-    return value > 0
+    # Infinity too is refused: an infinite probe_timeout loaded, then failed every upload.
+    return 0 < value < math.inf
 
 
 def _non_negative(value: float) -> bool:
-    return value >= 0
+    return 0 <= value < math.inf
 
 
 def _port(value: int) -> bool:
@@ -77,7 +79,10 @@ def _port(value: int) -> bool:
 def _http_url_or_empty(value: str) -> bool:
     if not value:
         return True
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://host]x": an unbalanced bracket (found by make fuzz)
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
@@ -336,7 +341,8 @@ def _camera_patterns(value: list[str]) -> bool:
 def _repository_template(value: str) -> bool:
     try:
         name = value.format(camera="cam")
-    except (KeyError, IndexError, ValueError):
+    # "{camera.x}" and "{camera[x]}" ask the name for attributes and items (found by make fuzz).
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
         return False
     return is_valid_repository_name(name)
 
@@ -671,6 +677,8 @@ def _read_secret(path: Path, label: str, where: str) -> str:
         raise SettingsError(f"{where}: {label}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise SettingsError(f"{where}: {label}: {path} is not UTF-8 text") from None
+    except ValueError:  # a NUL in the path (found by make fuzz)
+        raise SettingsError(f"{where}: {label}: {str(path)!r} is not a file name") from None
     if not secret:
         raise SettingsError(f"{where}: {label}: {path} is empty")
     if "\n" in secret or "\r" in secret:
@@ -752,6 +760,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise SettingsError(f"{path}: settings file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{where}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{where}: not valid TOML: the file is not UTF-8 text") from None
+    except RecursionError:
+        raise SettingsError(f"{where}: not valid TOML: nested too deeply") from None
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from None
     environ = {} if environ is None else environ
@@ -850,14 +862,14 @@ def _parse_variable(text: str, expected: Any) -> Any:
         return text == "1"
     try:
         document = tomllib.loads(f"value = {text}")
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         document = {}
     if list(document) == ["value"]:
         return document["value"]
     if typing.get_origin(expected) in (list, dict):
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     return text
 

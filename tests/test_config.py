@@ -226,7 +226,7 @@ def test_without_an_environment_only_the_file_counts(tmp_path: Path) -> None:
             "environment: unknown variable FRAMEHUB_SERVER_PROT: [server] has no key prot; "
             "allowed keys are api_token, api_token_file, body_idle_timeout, cors_allowed_origins, "
             "event_loop, header_timeout, host, log_level, max_connections, "
-            "max_connections_per_ip, old_secret_keys, port, secret_key, secret_key_file, "
+            "max_connections_per_ip, old_secret_keys, port, public, secret_key, secret_key_file, "
             "shutdown_timeout, state_dir, tls_cert, tls_key, trusted_proxies",
             id="unknown-key",
         ),

@@ -156,6 +156,8 @@ def inspect_video(path: Path, max_pixels: int, max_duration: float) -> VideoInfo
         if not container.streams.video:
             raise VideoRejected("the file has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a damaged sample table (found by make fuzz)
+            raise VideoRejected("the video stream's codec is not one framehub can decode")
         stream.codec_context.thread_count = 1
         width, height = stream.codec_context.width, stream.codec_context.height
         _check_pixels(width, height, max_pixels)

@@ -10,8 +10,10 @@ the caller can rename it into place in one step once everything is in; any refus
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +81,18 @@ def extract_images(archive: Path, destination: Path, budget: ArchiveBudget) -> E
                     )
                 _copy_member(tar, safe, destination / safe.name)
                 images += 1
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    # zlib and lzma raise their own errors on a corrupt .tar.gz or .tar.xz stream (found by
+    # make fuzz); none of them is an OSError.
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise ArchiveRejected(f"archive truncated or corrupt: {exc}") from None
     return ExtractionReport(root=_single_top_folder(destination), images=images, skipped=skipped)
 
 
 def _filtered(member: tarfile.TarInfo, destination: Path) -> tarfile.TarInfo:
     """Apply tarfile's ``data`` filter, then allow only regular files and folders."""
+    # A NUL in a name (a PAX record may hold one) makes the filter's realpath() raise ValueError.
+    if "\x00" in member.name or "\x00" in member.linkname:
+        raise ArchiveRejected(f"archive member {member.name!r} has a NUL byte in its name")
     # The data filter strips a leading "/" and lets the member through; we refuse it instead.
     if member.name.startswith("/"):
         raise ArchiveRejected(f"archive member {member.name!r} has an absolute path")
