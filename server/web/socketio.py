@@ -66,10 +66,10 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
     A handshake costs a session whose ping task holds it for engineio's ping interval (25 s)
     even once closed, so a client opening them in a loop could grow memory without bound. Each
-    handshake is therefore counted for ``handshake_timeout`` seconds, at most ``max_pending`` at
+    handshake is therefore counted until it connects to the namespace, at most ``max_pending`` at
     once and ``max_pending_per_ip`` per client address (the ``[sessions]`` caps of unused session
-    ids; more are answered 401 naming the limit, and nothing is kept); at the end of that time a
-    connection that has not connected to the namespace is closed.
+    ids; more are answered 401 naming the limit, and nothing is kept); one that has not connected
+    within ``handshake_timeout`` is closed.
     """
 
     def __init__(
@@ -106,11 +106,25 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         loop.call_later(self._sessions.handshake_timeout, self._handshake_over, eio_sid)
         return None
 
-    def _handshake_over(self, eio_sid: str) -> None:
-        address = self._handshakes.pop(eio_sid)
+    async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
+        # The namespace connect packet (python-socketio's handler, private as the one above):
+        # from here the connection counts as a session, not as a bare handshake.
+        self._forget_handshake(eio_sid)
+        await super()._handle_connect(eio_sid, namespace, data)
+
+    def _forget_handshake(self, eio_sid: str) -> bool:
+        """Stop counting a handshake; False when it was not counted (any more)."""
+        address = self._handshakes.pop(eio_sid, None)
+        if address is None:
+            return False
         self._handshakes_per_address[address] -= 1
         if not self._handshakes_per_address[address]:
             del self._handshakes_per_address[address]
+        return True
+
+    def _handshake_over(self, eio_sid: str) -> None:
+        if not self._forget_handshake(eio_sid):
+            return  # it connected in time
         socket = self.eio.sockets.get(eio_sid)
         if socket is None or self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
             return
