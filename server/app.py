@@ -61,7 +61,7 @@ from server.live.processors import ProcessorPool
 from server.live.recording import Recorder
 from server.live.sessions import SessionRegistry
 from server.live.webhooks import Webhooks
-from server.media.images import placeholder_jpeg
+from server.media.images import stored_placeholder
 from server.ops.lifecycle import Lifecycle
 from server.ops.metrics import Metrics
 from server.ops.systemd import Notifier
@@ -98,7 +98,8 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _placeholder_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[placeholder_key] = await asyncio.to_thread(placeholder_jpeg)
+    state_dir = app[settings_key].server.state_dir
+    app[placeholder_key] = await asyncio.to_thread(stored_placeholder, state_dir)
     yield
 
 

@@ -563,3 +563,20 @@ async def test_demo_repository_is_created_once(
     await client.close()
     await framehub.client(settings)
     assert first_frame.stat().st_mtime_ns == made_at
+
+
+async def test_the_placeholder_is_drawn_once_and_kept_in_the_state_dir(
+    framehub: Framehub, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings()
+    first = await framehub.client(settings)
+    async with first.get("/nothing-here/video.jpg") as resp:
+        drawn = await resp.read()
+    stored = list(settings.server.state_dir.glob("placeholder-*.jpg"))
+    assert len(stored) == 1 and stored[0].read_bytes() == drawn
+    # A later start serves what is stored; a damaged file is drawn anew.
+    stored[0].write_bytes(drawn[: len(drawn) // 2])
+    second = await framehub.client(settings)
+    async with second.get("/nothing-here/video.jpg") as resp:
+        assert await resp.read() == drawn
+    assert stored[0].read_bytes() == drawn
