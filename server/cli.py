@@ -34,6 +34,7 @@ from aiohttp import web
 from server.app import create_app, reload, stop
 from server.keys import connection_guard_key, lifecycle_key
 from server.ops.logs import REDACTED, redact, secrets_of, setup_logging
+from server.ops.tasks import cancel_and_wait
 from server.settings import Settings, SettingsError, load_settings, settings_as_toml
 from server.web.connections import raise_file_limit
 from server.web.tls import server_ssl_context
@@ -256,6 +257,7 @@ async def serve(
     await runner.setup()
     lifecycle = app[lifecycle_key]
     listener: asyncio.Server | None = None
+    sweeping: asyncio.Task[None] | None = None
     try:
         guard = app[connection_guard_key]
         guard.limit_connections(raise_file_limit())
@@ -271,6 +273,7 @@ async def serve(
             backlog=LISTEN_BACKLOG,
             ssl_handshake_timeout=settings.server.header_timeout if tls else None,
         )
+        sweeping = asyncio.create_task(guard.sweep(), name="header-timeouts")
         _LOGGER.info(
             "listening on %s://%s:%d (event loop: %s, at most %d connections)",
             "https" if tls else "http",
@@ -293,5 +296,7 @@ async def serve(
         lifecycle.stop()
         if listener is not None:
             listener.close()
+        if sweeping is not None:
+            await cancel_and_wait([sweeping])
         await runner.cleanup()
         _LOGGER.info("stopped")
