@@ -1,10 +1,11 @@
 """The application factory: the single place where framehub is assembled.
 
-``create_app(settings)`` wires the middlewares (requests in flight, errors to JSON, CORS, cookie
-session), the routes, the Socket.IO server and one ``cleanup_ctx`` entry per resource with a
-lifetime: the HTTP client session, the sd_notify socket, the placeholder image, the repository
-store, the built-in analyses, the processor pool, the webhooks, the recorder, the live pipeline
-(with its cameras), the batch queue and the background watchers. ``main.py`` and the tests both build the app here.
+``create_app(settings)`` wires the middlewares (requests in flight, metrics, errors to JSON, CORS),
+the cursor cookie storage, the routes, the Socket.IO server and one ``cleanup_ctx`` entry per
+resource with a lifetime: the HTTP client session, the sd_notify socket, the placeholder image, the
+repository store, the built-in analyses, the processor pool, the webhooks, the recorder, the live
+pipeline (with its cameras), the batch queue and the background watchers. ``main.py`` and the tests
+both build the app here.
 
 :func:`stop` is the ordered stop, all within ``[server] shutdown_timeout``: readiness drops; no
 new session is taken; every live session stops taking frames (its client's frames are still read,
@@ -27,8 +28,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp_session import setup as setup_session
-from cryptography.fernet import Fernet
 
 from server.batch.queue import JobQueue
 from server.handlers import analysis, batch, camera, cameras, live, service, ui
@@ -39,6 +38,7 @@ from server.keys import (
     client_cursors_key,
     client_session_key,
     connection_guard_key,
+    cursor_storage_key,
     encoder_executor_key,
     in_flight_key,
     job_queue_key,
@@ -74,7 +74,7 @@ from server.web.connections import ConnectionGuard, client_address
 from server.web.cursor_cookie import CursorCookieStorage
 from server.web.http_metrics import http_metrics_middleware
 from server.web.middleware import error_middleware
-from server.web.secret_key import cookie_key
+from server.web.secret_key import cookie_keys
 from server.web.socketio import InFlight, disconnect_clients, socketio_server
 
 _LOGGER = logging.getLogger(__name__)
@@ -254,19 +254,18 @@ def create_app(settings: Settings) -> web.Application:
     metrics.connections_open.set_function(lambda: guard.open_connections)
     app[client_cursors_key] = ClientCursors(settings.camera.max_clients)
     app[lifecycle_key] = Lifecycle(Notifier(), settings.server.shutdown_timeout)
-    setup_session(
-        app,
-        CursorCookieStorage(
-            Fernet(cookie_key(settings)),
-            cookie_name=COOKIE_NAME,
-            max_age=settings.camera.cursor_max_age,
-            httponly=True,
-            # Browsers send a SameSite=None cookie on cross-site image loads (a dashboard on
-            # another site), but only a Secure one, so only under HTTPS.
-            secure=settings.server.uses_tls,
-            samesite="None" if settings.server.uses_tls else "Lax",
-        ),
+    # No session middleware: only video.jpg reads and writes the cursor cookie, through this.
+    app[cursor_storage_key] = CursorCookieStorage(
+        cookie_keys(settings),
+        cookie_name=COOKIE_NAME,
+        max_age=settings.camera.cursor_max_age,
+        httponly=True,
+        # Browsers send a SameSite=None cookie on cross-site image loads (a dashboard on another
+        # site), but only a Secure one, so only under HTTPS.
+        secure=settings.server.uses_tls,
+        samesite="None" if settings.server.uses_tls else "Lax",
     )
+
     def socketio_client(environ: dict[str, Any]) -> str:
         return client_address(environ["aiohttp.request"], guard.trusted)
 

@@ -21,6 +21,7 @@ from server.settings import Settings
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
 from server.web.connections import ConnectionGuard
+from server.web.cursor_cookie import CursorCookieStorage
 from server.web.socketio import InFlight
 
 
@@ -37,6 +38,7 @@ client_session_key = web.AppKey("client_session", aiohttp.ClientSession)
 repository_store_key = web.AppKey("repository_store", RepositoryStore)
 placeholder_key = web.AppKey("placeholder_jpeg", bytes)
 client_cursors_key = web.AppKey("client_cursors", ClientCursors)
+cursor_storage_key = web.AppKey("cursor_storage", CursorCookieStorage)
 socketio_key = web.AppKey("socketio", socketio.AsyncServer)
 in_flight_key = web.AppKey("in_flight", InFlight)
 connection_guard_key = web.AppKey("connection_guard", ConnectionGuard)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from aiohttp import web
-from aiohttp_session import STORAGE_KEY, Session, get_session
+from aiohttp_session import Session
 
 from server.errors import FramehubError, InvalidParameter, RepositoryNotFound
 from server.keys import (
     client_cursors_key,
+    cursor_storage_key,
     lifecycle_key,
     metrics_key,
     placeholder_key,
@@ -30,14 +30,12 @@ from server.keys import (
 )
 from server.store.cursors import check_client_id
 from server.store.repositories import Frame, RepositoryStore
+from server.web.cursor_cookie import CURSORS, MAX_CURSORS
 from server.web.mjpeg import MJPEG_CONTENT_TYPE, mjpeg_part
 
 _LOGGER = logging.getLogger(__name__)
 
 NO_STORE = {"Cache-Control": "no-store"}
-CURSORS = "cursors"
-# Cursors of the most recently used repositories only, so the cookie stays far below 4 KB.
-MAX_CURSORS = 16
 # More digits than any repository has frames; also keeps int() clear of its 4300-digit limit.
 MAX_INDEX_DIGITS = 18
 
@@ -78,10 +76,9 @@ async def next_frame(request: web.Request) -> web.StreamResponse:
     if client is not None:
         position = request.app[client_cursors_key].position(client, name)
     else:
-        session = await get_session(request)
-        cursors: dict[str, Any] = session.get(CURSORS) or {}
-        saved = cursors.get(name)
-        if isinstance(saved, int):
+        session = await request.app[cursor_storage_key].load_session(request)
+        saved = session.get(CURSORS, {}).get(name)
+        if saved is not None:
             position = saved
         elif session.new:
             position = repo.playing_now(request.app[settings_key].camera.fps)
@@ -98,16 +95,14 @@ async def next_frame(request: web.Request) -> web.StreamResponse:
         request.app[client_cursors_key].move(client, name, following)
     request.app[metrics_key].camera_frames_served.labels("video.jpg").inc()
     response = await _frame_response(store, frame, index)
-    if session is not None and not isinstance(response, web.Response):
-        # aiohttp-session saves only into web.Response, so a FileResponse would never move the
-        # cursor: https://github.com/aio-libs/aiohttp-session/issues/640
-        await request[STORAGE_KEY].save_session(request, response, session)
+    if session is not None:
+        await request.app[cursor_storage_key].save_session(request, response, session)
     return response
 
 
 def _move_cookie_cursor(session: Session, name: str, position: int) -> None:
     """Set the cookie's cursor of repository ``name``, keeping the newest :data:`MAX_CURSORS`."""
-    cursors: dict[str, Any] = session.get(CURSORS) or {}
+    cursors: dict[str, int] = session.get(CURSORS, {})
     cursors.pop(name, None)
     cursors[name] = position
     while len(cursors) > MAX_CURSORS:

@@ -1,7 +1,8 @@
-"""The cookie key: ``[server] secret_key`` (or the content of ``secret_key_file``, read with the
-settings), else one generated on first start and kept on disk.
+"""The cookie keys: ``[server] secret_key`` (or the content of ``secret_key_file``, read with the
+settings), else one generated on first start and kept on disk; then ``[server] old_secret_keys``.
 
 Keeping the generated key in the state dir (mode 0600) lets visitors' cursors survive restarts.
+All are Fernet keys; :mod:`server.web.cursor_cookie` derives its AES-GCM keys from them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ SECRET_FILE = "secret.key"
 
 
 def cookie_key(settings: Settings) -> bytes:
-    """The Fernet key for session cookies, creating and storing one when none is configured."""
+    """The Fernet key for cursor cookies, creating and storing one when none is configured."""
     if settings.server.secret_key:
         return settings.server.secret_key.encode()
     path = settings.server.state_dir / SECRET_FILE
@@ -30,6 +31,11 @@ def cookie_key(settings: Settings) -> bytes:
     with os.fdopen(fd, "wb") as out:
         out.write(key + b"\n")
     return key
+
+
+def cookie_keys(settings: Settings) -> list[bytes]:
+    """The key that writes cursor cookies, then the old ones that may still read them."""
+    return [cookie_key(settings), *(key.encode() for key in settings.server.old_secret_keys)]
 
 
 def _read_key(path: Path) -> bytes:
