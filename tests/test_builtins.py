@@ -1,5 +1,6 @@
 """The built-in processors, called in-process: the same answers as ``POST /analyze/*``, no use of
-the server's own port, and batch videos on disk analysed by them too.
+the server's own port, batch videos on disk analysed by them too, and a worker process that dies
+costing only its own analysis.
 
 framehub comes from ``create_app`` on a loopback port, fed by a python-socketio client. A real
 analysis API beside the built-ins receives the very clip the built-ins analysed, so the test can
@@ -9,11 +10,15 @@ send that clip to the HTTP routes and compare.
 from __future__ import annotations
 
 import io
+import os
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import av
 import pytest
+
+from server.keys import builtin_analyses_key
+from server.live.builtins import WORKER_NICENESS
 
 if TYPE_CHECKING:
     from conftest import ClipApiFactory, LiveFrames, LiveServer, LiveServerFactory
@@ -108,3 +113,45 @@ async def test_batch_videos_go_to_the_built_ins_from_disk(live_server: LiveServe
     assert answer["result"]["summary"]["codec"] == "mpeg4"
     assert answer["result"]["motion"]["frames"] == 8
     assert answer["result"]["motion"]["ranges"] == [[1, 7]]
+
+
+def where_it_runs(*_args: Any) -> dict[str, Any]:
+    """Stands for the analyses: the process the worker is and its CPU priority."""
+    return {"pid": os.getpid(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+async def test_analyses_run_in_a_worker_process_below_the_event_loop(
+    live_server: LiveServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await live_server(processors=BUILTINS)
+    monkeypatch.setattr("server.live.builtins._analyse_in_worker", where_it_runs)
+    worker = await server.app[builtin_analyses_key].analyse(b"", ["summary"])
+    # Its own GIL, and a core the event loop needs goes to the event loop.
+    assert worker["pid"] != os.getpid()
+    assert worker["nice"] == min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS, 19)
+
+
+def worker_dies(*_args: Any) -> None:
+    """Stands for a clip that crashes the decoder: the analysis worker process ends at once."""
+    os._exit(70)
+
+
+async def test_a_worker_that_dies_fails_its_analysis_and_is_replaced(
+    live_server: LiveServerFactory, live_frames: LiveFrames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await live_server(processors=BUILTINS, clips={"frames": 2})
+    client = await server.connect()
+    # The worker is handed this module's function instead of the analyses.
+    monkeypatch.setattr("server.live.builtins._analyse_in_worker", worker_dies)
+    for index in range(2):
+        assert (await client.process(live_frames.encode(index)))["ok"]
+    (result,) = await client.until_results(1)
+    for kind in ("summary", "motion"):
+        assert "worker process ended" in result["result"][kind]["error"]
+        assert result["result"][kind]["status"] == 422
+    monkeypatch.undo()
+    for index in range(2, 4):
+        assert (await client.process(live_frames.encode(index)))["ok"]
+    results = await client.until_results(2)
+    assert results[1]["result"]["summary"]["frames"] == 2
+    assert results[1]["result"]["motion"]["frames"] == 2
