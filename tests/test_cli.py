@@ -173,3 +173,23 @@ def test_uvloop_asked_for_but_missing_is_one_line(monkeypatch: pytest.MonkeyPatc
     assert event_loop_factory("auto") is None  # auto falls back to asyncio's loop
     with pytest.raises(SettingsError, match=r'server\.event_loop is "uvloop", but uvloop is not'):
         event_loop_factory("uvloop")
+
+
+def test_a_camera_only_server_loads_neither_pillow_nor_pyav(
+    start_server: Callable[..., ServerProcess], images: Images, tmp_path: Path
+) -> None:
+    repositories = tmp_path / "repositories"
+    images.folder(repositories / "cam", ["a.jpg", "b.jpg"])
+    tables = {"repositories": {"dir": str(repositories)}}
+    first = start_server(tables)  # the first start draws the placeholder, with Pillow
+    first.wait_ready()
+    assert first.stop() == 0
+    server = start_server(tables)
+    server.wait_ready()
+    for path in ("/cam/video.jpg", "/cam/video.jpg", "/missing/video.jpg", "/cam/frames/1"):
+        wait_until_answering(f"{server.url}{path}", server.process)
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert server.stop() == 0
+    # Pillow's C core and libav's libraries show in the process's memory map once loaded.
+    assert "PIL/_imaging" not in maps
+    assert "libavcodec" not in maps and "/av/" not in maps

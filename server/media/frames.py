@@ -24,8 +24,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from PIL import Image
-
 from server.errors import FrameRejected
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -66,6 +64,10 @@ def frame_info(data: bytes) -> FrameInfo:
     fast = _jpeg_info(data) or _png_info(data)
     if fast is not None:
         return fast
+    # Pillow is imported where it is used, so that a server that never meets such a frame never
+    # loads it (2 MB of a camera-only server's memory, server.media.images).
+    from PIL import Image
+
     name = _identify(data[:_PREFIX_BYTES])
     if name is None:
         raise FrameRejected("frame is not an image")
@@ -139,6 +141,8 @@ def _png_info(data: bytes) -> FrameInfo | None:
 
 def _identify(prefix: bytes) -> str | None:
     """Pillow's name for the format whose signature ``prefix`` matches, as Image.open tests it."""
+    from PIL import Image
+
     Image.init()
     for name in Image.ID:
         _factory, accept = Image.OPEN[name]
@@ -162,6 +166,8 @@ def first_pixel(data: bytes, info: FrameInfo) -> list[int]:
     back is the mean of the top-left 8x8 block: the first pixel wherever that block is flat. Other
     formats are decoded whole.
     """
+    from PIL import Image
+
     factory, _accept = Image.OPEN[info.format]
     try:
         with factory(io.BytesIO(data), "") as image:
