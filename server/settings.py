@@ -34,6 +34,7 @@ import ipaddress
 import json
 import math
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -90,6 +91,18 @@ def _http_url(value: str) -> bool:
     return bool(value) and _http_url_or_empty(value)
 
 
+def _redis_url_or_empty(value: str) -> bool:
+    if not value:
+        return True
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    return parts.scheme in ("redis", "rediss") and bool(parts.netloc)
+
+
 _FERNET_KEY = "a Fernet key (32 url-safe base64-encoded bytes)"
 
 
@@ -109,6 +122,10 @@ def _repository_names(value: list[str]) -> bool:
 
 def _identifier(value: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is not None
+
+
+def _node_name(value: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_.:-]{0,64}", value) is not None
 
 
 BUILTIN_KINDS = ("summary", "motion")
@@ -334,6 +351,21 @@ class LiveSettings:
     max_viewers: int = _setting(20, (_positive, "a whole number above 0"))
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """``[cluster]``: several framehub processes sharing one Redis; off while ``redis_url`` is
+    empty."""
+
+    redis_url: str = _setting(
+        "", (_redis_url_or_empty, "a redis://, rediss:// or unix:// URL, or empty"), secret=True
+    )
+    node: str = _setting(
+        "", (_node_name, "up to 64 letters, digits, '.', '_', ':' or '-', or empty")
+    )
+    prefix: str = _setting("framehub", (_identifier, "1-64 letters, digits, '_' or '-'"))
+    lease: float = _setting(10.0, (_positive, "a number of seconds above 0"))
+
+
 def _camera_patterns(value: list[str]) -> bool:
     return all(name == "*" or is_valid_repository_name(name) for name in value)
 
@@ -415,6 +447,7 @@ class Settings:
     batch: BatchSettings = field(default_factory=BatchSettings)
     live: LiveSettings = field(default_factory=LiveSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     processors: dict[str, ProcessorSettings] = field(default_factory=dict)
     webhooks: dict[str, WebhookSettings] = field(default_factory=dict)
 
@@ -424,6 +457,11 @@ class Settings:
         if not _is_set(self.repositories.dir):
             return self.server.state_dir / "repositories"
         return self.repositories.dir
+
+    @property
+    def node(self) -> str:
+        """This process's name in a cluster: ``[cluster] node``, else host name and port."""
+        return self.cluster.node or f"{socket.gethostname()}:{self.server.port}"
 
 
 _TABLES: dict[str, type] = {
@@ -436,6 +474,7 @@ _TABLES: dict[str, type] = {
     "batch": BatchSettings,
     "live": LiveSettings,
     "recording": RecordingSettings,
+    "cluster": ClusterSettings,
 }
 # ``[processors.NAME]`` tables, one per analysis API, each shaped like ProcessorSettings, and
 # ``[webhooks.NAME]``, one per receiver, shaped like WebhookSettings.

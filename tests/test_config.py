@@ -217,7 +217,7 @@ def test_without_an_environment_only_the_file_counts(tmp_path: Path) -> None:
         pytest.param(
             {"FRAMEHUB_SERVR_PORT": "1"},
             "environment: unknown variable FRAMEHUB_SERVR_PORT: there is no table [servr]; "
-            "allowed tables are [batch], [camera], [clips], [frames], [live], [processors], "
+            "allowed tables are [batch], [camera], [clips], [cluster], [frames], [live], [processors], "
             "[recording], [repositories], [server], [sessions], [webhooks]",
             id="unknown-table",
         ),
