@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` wires the middlewares (requests in flight, metrics, errors to JSON, CORS),
 the cursor cookie storage, the routes, the Socket.IO server and one ``cleanup_ctx`` entry per
-resource with a lifetime: the HTTP client session, the sd_notify socket, the placeholder image, the
+resource with a lifetime: the cluster node (with ``[cluster] redis_url``: the Redis link that the
+session ids, cameras, batch records, download locks and Socket.IO share), the HTTP client session, the sd_notify socket, the placeholder image, the
 repository store, the built-in analyses, the processor pool, the webhooks, the recorder, the live
 pipeline (with its cameras), the batch queue and the background watchers. ``main.py`` and the tests
 both build the app here.
@@ -24,7 +25,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +38,7 @@ from server.keys import (
     camera_registry_key,
     client_cursors_key,
     client_session_key,
+    cluster_node_key,
     connection_guard_key,
     cursor_storage_key,
     encoder_executor_key,
@@ -47,6 +49,7 @@ from server.keys import (
     placeholder_key,
     processor_pool_key,
     recorder_key,
+    redis_link_key,
     reloaded_settings_key,
     repository_store_key,
     session_registry_key,
@@ -66,7 +69,7 @@ from server.ops.lifecycle import Lifecycle
 from server.ops.metrics import Metrics
 from server.ops.systemd import Notifier
 from server.ops.tasks import cancel_and_wait
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
 from server.web.auth import cors_middleware, token_middleware
@@ -76,6 +79,9 @@ from server.web.http_metrics import http_metrics_middleware
 from server.web.middleware import error_middleware
 from server.web.secret_key import cookie_keys
 from server.web.socketio import InFlight, disconnect_clients, socketio_server
+
+if TYPE_CHECKING:
+    from server.cluster.node import ClusterNode
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -88,6 +94,16 @@ async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         app[client_session_key] = session
         yield
+
+
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app.get(cluster_node_key)
+    if node is None:
+        yield
+        return
+    await node.start()
+    yield
+    await node.close()
 
 
 async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -104,7 +120,13 @@ async def _placeholder_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _repository_store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = RepositoryStore(app[settings_key], app[client_session_key], app[metrics_key])
+    node = app.get(cluster_node_key)
+    store = RepositoryStore(
+        app[settings_key],
+        app[client_session_key],
+        app[metrics_key],
+        locks=node.locks if node is not None else None,
+    )
     await store.start()
     app[repository_store_key] = store
     yield
@@ -143,24 +165,50 @@ async def _live_pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[metrics_key]
     sio = app[socketio_key]
 
+    node = app.get(cluster_node_key)
+
     async def broadcast(camera: str, message: dict[str, Any]) -> None:
         await sio.emit("result", message, room=live.camera_room(camera))
 
-    cameras = CameraRegistry(settings, app[recorder_key], app[webhooks_key], metrics, broadcast)
+    cameras = CameraRegistry(
+        settings,
+        app[recorder_key],
+        app[webhooks_key],
+        metrics,
+        broadcast,
+        shared=node.cameras if node is not None else None,
+    )
     pipeline = ClipPipeline(settings, executor, app[processor_pool_key], metrics)
-    registry = SessionRegistry(settings, pipeline, cameras)
+    registry = SessionRegistry(
+        settings, pipeline, cameras, ids=node.session_ids if node is not None else None
+    )
+    if node is not None:
+
+        def taken_over(sid: str) -> None:  # by a session of another process
+            registry.end(sid)
+            sio.start_background_task(sio.disconnect, sid)
+
+        node.cameras.taken_over = taken_over
+        await node.cameras.start(cameras)
     app[camera_registry_key] = cameras
     metrics.sessions_connected.set_function(lambda: registry.live_count)
     app[encoder_executor_key] = executor
     app[session_registry_key] = registry
     yield
+    if node is not None:
+        await node.cameras.close()
     # The sessions ended in the ordered stop; only the encoder threads are left to join.
     await asyncio.to_thread(executor.shutdown, True)
 
 
 async def _job_queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app.get(cluster_node_key)
     queue = JobQueue(
-        app[settings_key], app[processor_pool_key], app[webhooks_key], app[metrics_key]
+        app[settings_key],
+        app[processor_pool_key],
+        app[webhooks_key],
+        app[metrics_key],
+        shared=node.jobs if node is not None else None,
     )
     await queue.start()
     app[job_queue_key] = queue
@@ -228,6 +276,19 @@ async def reload(app: web.Application, settings: Settings) -> list[str]:
     ]
 
 
+def _cluster_node(settings: Settings, metrics: Metrics) -> ClusterNode | None:
+    """This process's part of a cluster, with ``[cluster] redis_url`` set."""
+    if not settings.cluster.redis_url:
+        return None
+    try:  # only here: a single process never imports redis
+        from server.cluster.node import ClusterNode
+    except ImportError as exc:
+        raise SettingsError(
+            f"[cluster] redis_url needs the redis package ({exc}): pip install 'framehub[cluster]'"
+        ) from None
+    return ClusterNode(settings, metrics)
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the framehub application for ``settings``."""
     in_flight = InFlight()
@@ -269,13 +330,20 @@ def create_app(settings: Settings) -> web.Application:
     def socketio_client(environ: dict[str, Any]) -> str:
         return client_address(environ["aiohttp.request"], guard.trusted)
 
-    sio = socketio_server(settings, socketio_client)
+    node = _cluster_node(settings, metrics)
+    if node is not None:
+        app[cluster_node_key] = node
+        app[redis_link_key] = node.link
+    sio = socketio_server(
+        settings, socketio_client, node.socketio_manager if node is not None else None
+    )
     sio.register_namespace(live.LiveNamespace(app))
     sio.attach(app)
     app[socketio_key] = sio
     app.on_shutdown.append(stop)
     app.cleanup_ctx.extend(
         [
+            _cluster_ctx,
             _client_session_ctx,
             _notifier_ctx,
             _placeholder_ctx,

@@ -32,6 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server.app import create_app, reload, stop
+from server.errors import ClusterUnavailable
 from server.keys import connection_guard_key, lifecycle_key
 from server.ops.logs import REDACTED, redact, secrets_of, setup_logging
 from server.ops.tasks import cancel_and_wait
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(app, settings, reload_settings, tls))
+    except ClusterUnavailable as exc:  # [cluster] redis_url does not answer at start
+        print(f"framehub: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # typically the port is taken
         print(
             f"framehub: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}",

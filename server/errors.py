@@ -191,3 +191,9 @@ class UiAssetsMissing(FramehubError):
     """The pages' socket.io-client, installed by npm into ``server/ui/node_modules``, is missing."""
 
     status = 503
+
+
+class ClusterUnavailable(FramehubError):
+    """Redis, which a cluster feature needs, does not answer."""
+
+    status = 503

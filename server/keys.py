@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import aiohttp
 import socketio
@@ -23,6 +24,10 @@ from server.store.repositories import RepositoryStore
 from server.web.connections import ConnectionGuard
 from server.web.cursor_cookie import CursorCookieStorage
 from server.web.socketio import InFlight
+
+if TYPE_CHECKING:  # redis is imported only with [cluster] redis_url set
+    from server.cluster.link import RedisLink
+    from server.cluster.node import ClusterNode
 
 
 class ReloadedSettings:
@@ -52,3 +57,6 @@ webhooks_key = web.AppKey("webhooks", Webhooks)
 job_queue_key = web.AppKey("job_queue", JobQueue)
 lifecycle_key = web.AppKey("lifecycle", Lifecycle)
 metrics_key = web.AppKey("metrics", Metrics)
+# Set only with [cluster] redis_url.
+cluster_node_key: web.AppKey[ClusterNode] = web.AppKey("cluster_node")
+redis_link_key: web.AppKey[RedisLink] = web.AppKey("redis_link")

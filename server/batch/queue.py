@@ -5,7 +5,8 @@ Data flow of ``POST /batch``: the handler spools the body to disk
 to :meth:`JobQueue.submit`, which owns the file from then on. At most ``[batch] concurrency`` jobs
 run at once, each streaming the file from disk to its processors through
 :meth:`server.live.processors.ProcessorPool.analyse`; up to ``max_queued`` more wait in arrival
-order. The upload is removed when its job ends, whatever the ending.
+order. The upload is removed when its job ends, whatever the ending. In a cluster every record is
+also written to Redis (``server.cluster.jobs``), so that any process answers ``GET /batch/{ID}``.
 
 Every change of a job's status is saved (:func:`server.batch.jobs.save_job`). On start
 (:meth:`JobQueue.start`) jobs a previous run left queued or running are marked failed with
@@ -24,7 +25,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.batch.jobs import STATUSES, UNFINISHED, Job, load_jobs, save_job
 from server.batch.uploads import Upload, remove_file
@@ -35,6 +36,9 @@ from server.media.probe import VideoInfo
 from server.ops.metrics import Metrics
 from server.ops.tasks import wait_then_cancel
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.cluster.jobs import SharedJobs
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,9 +53,15 @@ class JobQueue:
     """The batch jobs of one app: a FIFO of waiting jobs, the running ones and the finished ones."""
 
     def __init__(
-        self, settings: Settings, pool: ProcessorPool, webhooks: Webhooks, metrics: Metrics
+        self,
+        settings: Settings,
+        pool: ProcessorPool,
+        webhooks: Webhooks,
+        metrics: Metrics,
+        shared: SharedJobs | None = None,
     ) -> None:
         self._batch = settings.batch
+        self._shared = shared
         self._pool = pool
         self._webhooks = webhooks
         # Absolute, as the probe runs in another working directory.
@@ -68,6 +78,7 @@ class JobQueue:
         """Create the folders, fail what a previous run left unfinished, remove leftover uploads."""
         for job in await asyncio.to_thread(self._recover):
             self._jobs[job.id] = job
+            self._share(job)  # a job of this node's last run, failed now, is seen so everywhere
         self._purge()
 
     def _recover(self) -> list[Job]:
@@ -106,7 +117,7 @@ class JobQueue:
             content_type=upload.content_type,
             upload=str(upload.path),
         )
-        await asyncio.to_thread(self._save, job)
+        await self._save_off_loop(job)
         if self._closing:  # stopped while the job was being saved: it never was
             self._forget(job)
             raise BatchUnavailable(STOPPING)
@@ -122,10 +133,16 @@ class JobQueue:
         self._dispatch()
         return job
 
-    def get(self, job_id: str) -> Job:
-        """The job with this id, or JobNotFound."""
+    def local(self, job_id: str) -> Job | None:
+        """The job with this id if this process took it."""
         self._purge()
-        job = self._jobs.get(job_id)
+        return self._jobs.get(job_id)
+
+    async def get(self, job_id: str) -> Job:
+        """The job with this id, taken by this process or, in a cluster, by any; JobNotFound."""
+        job = self.local(job_id)
+        if job is None and self._shared is not None:
+            job = await self._shared.load(job_id)
         if job is None:
             raise JobNotFound(
                 f"no batch job {job_id!r}: unknown, or finished over {self._batch.keep:g} s ago "
@@ -174,7 +191,7 @@ class JobQueue:
         result: dict[str, Any] | None = None
         error: str | None = None
         try:
-            await asyncio.to_thread(self._save, job)
+            await self._save_off_loop(job)
             payload = Payload(job.filename, job.content_type, path=Path(job.upload or ""))
             result = await self._pool.analyse(payload, job.processes)
         except asyncio.CancelledError:
@@ -191,7 +208,7 @@ class JobQueue:
         self._published(job)
         _LOGGER.info("batch job %s %s in %.1f s", job.id, job.status, time.time() - job.started_at)
         try:
-            await asyncio.to_thread(self._save, job)
+            await self._save_off_loop(job)
         except (OSError, FramehubError) as exc:
             _LOGGER.error("cannot save the end of batch job %s: %s", job.id, exc)
 
@@ -206,6 +223,15 @@ class JobQueue:
 
     def _save(self, job: Job) -> None:
         save_job(self._jobs_dir, job)
+        self._share(job)
+
+    async def _save_off_loop(self, job: Job) -> None:
+        await asyncio.to_thread(save_job, self._jobs_dir, job)
+        self._share(job)
+
+    def _share(self, job: Job) -> None:
+        if self._shared is not None:
+            self._shared.save(job)
 
     def _purge(self) -> None:
         """Forget the jobs that finished over ``[batch] keep`` seconds ago."""

@@ -87,10 +87,10 @@ async def _accept(request: web.Request) -> tuple[Job, bool]:
 async def describe_job(request: web.Request) -> web.Response:
     """``GET /batch/{ID}``: status, queue position, and the result once done."""
     queue = request.app[job_queue_key]
-    job = queue.get(request.match_info["job"])
-    return web.json_response(
-        job.describe(queue.position(job)), headers={"Cache-Control": "no-store"}
-    )
+    job = await queue.get(request.match_info["job"])
+    # The queue position is known only to the process running the job.
+    position = queue.position(job) if queue.local(job.id) is job else None
+    return web.json_response(job.describe(position), headers={"Cache-Control": "no-store"})
 
 
 async def expect_continue(request: web.Request) -> None:

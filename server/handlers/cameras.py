@@ -6,7 +6,8 @@ newest one, never a backlog (one frame of memory per viewer, the part built once
 all); ``result`` is the newest result; ``events`` is a Server-Sent Events stream of ``result``,
 ``online`` and ``offline``. The state lives in :class:`server.live.cameras.CameraRegistry`. With
 ``[server] api_token`` set and "live" not in ``[server] public``, every route needs the token
-(``server.web.auth``).
+(``server.web.auth``). In a cluster every route answers for the cameras of every process
+(:class:`server.live.cameras.CameraRegistry` reads Redis for those of the others).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 
 from aiohttp import web
 
-from server.errors import CameraNotFound, TooManyViewers
+from server.errors import TooManyViewers
 from server.handlers.camera import NO_STORE, fps_parameter, placeholder_response
 from server.keys import (
     camera_registry_key,
@@ -27,13 +28,11 @@ from server.keys import (
     placeholder_key,
     settings_key,
 )
-from server.live.cameras import Camera, check_camera_name
+from server.live.cameras import CameraFeed, check_camera_name
 from server.web.mjpeg import MJPEG_CONTENT_TYPE, mjpeg_part
 
 _LOGGER = logging.getLogger(__name__)
 
-# How often a stream of a camera not (yet) known looks for it again.
-UNKNOWN_CAMERA_RECHECK = 1.0
 # Seconds between Server-Sent Events comments that keep idle proxies from closing the stream.
 EVENTS_KEEPALIVE = 15.0
 
@@ -45,13 +44,13 @@ def _guard(request: web.Request) -> str:
 
 async def list_cameras(request: web.Request) -> web.Response:
     """``GET /live``: every camera, online or recently offline."""
-    return web.json_response(request.app[camera_registry_key].describe_all(), headers=NO_STORE)
+    cameras = await request.app[camera_registry_key].describe_all()
+    return web.json_response(cameras, headers=NO_STORE)
 
 
 async def latest_frame(request: web.Request) -> web.Response:
     """``GET /live/{name}/latest.jpg``: the newest frame, or the placeholder while offline."""
-    camera = request.app[camera_registry_key].find(_guard(request))
-    frame = camera.latest if camera is not None and camera.online else None
+    frame = await request.app[camera_registry_key].newest_frame(_guard(request))
     if frame is None:
         return placeholder_response(request)
     return web.Response(
@@ -67,10 +66,8 @@ async def latest_frame(request: web.Request) -> web.Response:
 
 async def latest_result(request: web.Request) -> web.Response:
     """``GET /live/{name}/result``: the newest result of the camera."""
-    camera = request.app[camera_registry_key].get(_guard(request))
-    if camera.latest_result is None:
-        raise CameraNotFound(f"camera {camera.name!r} has no result yet")
-    return web.json_response(camera.latest_result, headers=NO_STORE)
+    result = await request.app[camera_registry_key].newest_result(_guard(request))
+    return web.json_response(result, headers=NO_STORE)
 
 
 async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
@@ -88,15 +85,15 @@ async def mjpeg_stream(request: web.Request) -> web.StreamResponse:
         return response
     placeholder = mjpeg_part(request.app[placeholder_key], "image/jpeg")
     gauge = request.app[metrics_key].live_viewers.labels("mjpeg")
-    cameras.add_viewer(name)
+    await cameras.add_viewer(name)
     gauge.inc()
     try:
         await _push_frames(request, response, name, placeholder, 1 / fps if fps else 0.0)
     except ConnectionError:
         _LOGGER.debug("live mjpeg viewer of %s left", name)
     finally:
-        cameras.remove_viewer(name)
         gauge.dec()
+        await cameras.remove_viewer(name)
     return response
 
 
@@ -110,16 +107,16 @@ async def _push_frames(
     showing_placeholder = False
     next_at = 0.0
     while not cameras.streams_ended and not stopping.is_set():
-        camera = cameras.find(name)
+        camera = cameras.feed(name)
         frame = camera.latest if camera is not None and camera.online else None
         if frame is None:
             if not showing_placeholder:
                 await response.write(placeholder)
                 showing_placeholder, sent_serial = True, None
-            await _wait_for_change(camera, stopping)
+            await cameras.changed(name)  # woken too when the camera appears or streams end
             continue
         if frame.serial == sent_serial:
-            await _wait_for_change(camera, stopping)
+            await cameras.changed(name)
             continue
         if gap and loop.time() < next_at:
             # Capped rate: wait, then send whatever is newest by then.
@@ -132,18 +129,18 @@ async def _push_frames(
         next_at = loop.time() + gap
 
 
-async def _wait_for_change(camera: Camera | None, stopping: asyncio.Event) -> None:
-    if camera is not None:
-        await camera.changed()  # also woken when the camera goes offline or the server stops
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), UNKNOWN_CAMERA_RECHECK)
-
-
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /live/{name}/events``: Server-Sent Events ``result``, ``online``, ``offline``."""
     cameras = request.app[camera_registry_key]
-    camera = cameras.get(_guard(request))
+    camera = await cameras.follow(_guard(request))
+    try:
+        return await _send_events(request, camera)
+    finally:
+        await cameras.unfollow(camera)
+
+
+async def _send_events(request: web.Request, camera: CameraFeed) -> web.StreamResponse:
+    cameras = request.app[camera_registry_key]
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **NO_STORE}
     )

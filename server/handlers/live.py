@@ -46,7 +46,7 @@ async def get_session_id(request: web.Request) -> web.Response:
     """``GET /get_session_id[?camera=NAME]``: ``{"session_id": ...}`` for one connection."""
     camera = request.query.get("camera")
     address = client_address(request, request.app[connection_guard_key].trusted)
-    session_id = request.app[session_registry_key].issue_id(camera, address)
+    session_id = await request.app[session_registry_key].issue_id(camera, address)
     body = {"session_id": session_id} | ({"camera": camera} if camera else {})
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -102,7 +102,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         camera = given("camera")
 
         async def emit_result(message: dict[str, Any]) -> None:
-            await self.emit("result", message, to=sid)
+            # The client is connected here: in a cluster, Redis has no part in it.
+            await self.emit("result", message, to=sid, ignore_queue=True)
 
         try:
             session, taken_from = await self._app[session_registry_key].open(
@@ -121,14 +122,16 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if session_id is None or camera is None:
             # Runs after the connect packet is sent (see the module docstring).
             announcement = {"session_id": session.session_id, "camera": session.camera.name}
-            self.server.start_background_task(self.emit, "session", announcement, to=sid)
+            self.server.start_background_task(
+                self.emit, "session", announcement, to=sid, ignore_queue=True
+            )
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         _LOGGER.info("session of %s disconnected (%s)", sid, reason or "client")
         self._app[session_registry_key].end(sid)
 
     async def on_test(self, sid: str, data: Any = None) -> Any:
-        await self.emit("test", data, to=sid)
+        await self.emit("test", data, to=sid, ignore_queue=True)
         return data
 
     async def on_process(self, sid: str, data: Any = None) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import json
 from importlib import metadata, resources
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.keys import lifecycle_key, metrics_key
+from server.keys import lifecycle_key, metrics_key, redis_link_key
 
 OPENAPI_FILE = "openapi.json"
 
@@ -27,19 +27,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """``GET /readyz``: 200 when listening with the store loaded and not shutting down, else 503."""
+    """``GET /readyz``: 200 when listening with the store loaded and not shutting down, else 503.
+
+    In a cluster it also tells whether Redis answers; a process that lost Redis stays ready, since
+    it still serves its own cameras, sessions and repositories (and the others lost it too)."""
     lifecycle = request.app[lifecycle_key]
-    body = {
+    body: dict[str, object] = {
         "ready": lifecycle.is_ready,
         "listening": lifecycle.listening,
         "shutting_down": lifecycle.stopping.is_set(),
     }
+    link = request.app.get(redis_link_key)
+    if link is not None:
+        body["node"] = link.node
+        body["redis"] = "ok" if link.up else "unreachable"
     return web.json_response(body, status=200 if lifecycle.is_ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: every framehub metric in Prometheus text format."""
-    body = generate_latest(request.app[metrics_key].registry)
+    body = request.app[metrics_key].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -10,15 +10,23 @@ Data flow: the session's pipeline calls :meth:`Camera.frame_taken` for every fra
 the event loop, before the ack, so ``latest.jpg`` serves a frame as soon as it is acked) and
 :meth:`Camera.result_ready` for every result. A frame becomes :attr:`Camera.latest` (the bytes as
 received, shared by every viewer: nothing is copied or re-encoded per viewer), wakes the MJPEG
-viewers waiting on :meth:`Camera.changed` and goes to the recorder. A result becomes
+viewers waiting on :meth:`CameraRegistry.changed` and goes to the recorder. A result becomes
 :attr:`Camera.latest_result` and goes to the Server-Sent Events subscribers, the Socket.IO room
 ``camera:NAME`` and the webhooks. Going online and offline is announced the same way.
+
+In a cluster (``[cluster] redis_url``), the registry also works through
+:class:`server.cluster.cameras.SharedCameras`: claims are made in Redis too (a takeover ends the
+old session on whichever process it runs), every frame, event and result of a camera here is
+written there, and the other processes' cameras are answered for: ``GET /live`` merges every
+process's list, ``latest.jpg`` and ``result`` read Redis, and the viewers and subscribers of a
+camera of another process get a :class:`RemoteCamera` fed by Redis pub/sub while they watch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 import string
@@ -28,13 +36,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from server.errors import CameraNotFound, CameraTaken, FramehubError, InvalidCameraName
+from server.errors import (
+    CameraNotFound,
+    CameraTaken,
+    ClusterUnavailable,
+    FramehubError,
+    InvalidCameraName,
+)
 from server.names import is_valid_repository_name
 from server.ops.metrics import Metrics
 from server.settings import Settings
 from server.web.mjpeg import mjpeg_part
 
 if TYPE_CHECKING:
+    from server.cluster.cameras import SharedCameras
     from server.live.recording import Recorder
     from server.live.webhooks import Webhooks
 
@@ -77,12 +92,86 @@ class LatestFrame:
         return mjpeg_part(self.data, self.content_type)
 
 
-class Camera:
-    """One named camera: what it shows now, what it found last, and who watches."""
+class CameraFeed:
+    """What the viewers and subscribers of a camera get: its newest frame (woken by
+    :meth:`CameraRegistry.changed`), its newest result and its events. A :class:`Camera` of this
+    process, or in a cluster a :class:`RemoteCamera` mirroring a camera of another process."""
 
     def __init__(self, name: str, registry: CameraRegistry) -> None:
         self.name = name
         self._registry = registry
+        self.latest: LatestFrame | None = None
+        self.latest_result: dict[str, Any] | None = None
+        self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+
+    @property
+    def online(self) -> bool:
+        """Whether a session streams into the camera."""
+        raise NotImplementedError
+
+    def wake_viewers(self) -> None:
+        """Wake every MJPEG viewer of the camera's name (a new frame, or online or offline)."""
+        self._registry.signal(self.name)
+
+    def subscribe(self) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        """A queue of this camera's events (``result``, ``online``, ``offline``) from now on."""
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(EVENTS_PER_SUBSCRIBER)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        """Stop filling ``queue``."""
+        self._subscribers.discard(queue)
+
+    def deliver(self, event: str, body: dict[str, Any]) -> None:
+        """Hand an event to every subscriber; a full one loses its oldest event."""
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait((event, body))
+
+
+class RemoteCamera(CameraFeed):
+    """A camera of another process of the cluster, mirrored while this one has viewers or
+    subscribers of it: its frames and events arrive through Redis (``server.cluster.cameras``)."""
+
+    def __init__(self, name: str, registry: CameraRegistry) -> None:
+        super().__init__(name, registry)
+        self.node: str | None = None  # the node streaming it
+        self.users = 0  # viewers and subscribers on this process
+
+    @property
+    def online(self) -> bool:
+        return self.node is not None
+
+    def frame_arrived(self, frame: LatestFrame, node: str) -> None:
+        """A frame written by ``node`` (this process's own are ignored: it serves them itself)."""
+        if node == self._registry.node:
+            return
+        self.node, self.latest = node, frame
+        self.wake_viewers()
+
+    def event_arrived(self, node: str, event: str, body: dict[str, Any]) -> None:
+        """An event of the camera from ``node``; going offline counts only from its owner."""
+        if event == "online":
+            self.node = node
+            self.wake_viewers()
+        elif event == "offline":
+            if node != self.node:
+                return
+            self.node, self.latest = None, None
+            self.wake_viewers()
+        elif event == "result":
+            self.latest_result = body
+        self.deliver(event, body)
+
+
+class Camera(CameraFeed):
+    """One named camera of this process: what it shows now, what it found last, and who
+    watches."""
+
+    def __init__(self, name: str, registry: CameraRegistry) -> None:
+        super().__init__(name, registry)
         self.sid: str | None = None  # the Socket.IO sid of the session owning it, while online
         self.since = time.time()
         self.offline_at: float | None = None  # monotonic, for [live] keep
@@ -92,13 +181,9 @@ class Camera:
         self.size: list[int] | None = None
         self.last_frame_at: float | None = None
         self.last_result_at: float | None = None
-        self.latest: LatestFrame | None = None
-        self.latest_result: dict[str, Any] | None = None
         self.recording: str | None = None
         self._serial = 0
         self._arrivals: collections.deque[float] = collections.deque()
-        self._changed = asyncio.Event()
-        self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
 
     @property
     def online(self) -> bool:
@@ -134,15 +219,6 @@ class Camera:
             "viewers": self._registry.viewers(self.name),
         }
 
-    async def changed(self) -> None:
-        """Until the next frame, or the camera going offline."""
-        await self._changed.wait()
-
-    def wake_viewers(self) -> None:
-        # One event per change, shared by every viewer: waking them costs nothing per frame.
-        self._changed.set()
-        self._changed = asyncio.Event()
-
     def frame_taken(
         self, number: int, data: bytes, content_type: str, size: list[int], ts: float
     ) -> None:
@@ -156,6 +232,8 @@ class Camera:
         self._forget_arrivals(now)
         self.latest = LatestFrame(self._serial, number, data, content_type, ts)
         self.wake_viewers()
+        if self._registry.shared is not None:
+            self._registry.shared.frame(self.name, self.latest)
         if self.recording is not None:
             self._registry.recorder.offer(self.name, data, content_type, self.last_frame_at)
 
@@ -170,26 +248,10 @@ class Camera:
         self.latest_result = {"camera": self.name, **message}
         await self._registry.announce(self, "result", self.latest_result)
 
-    def subscribe(self) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
-        """A queue of this camera's events (``result``, ``online``, ``offline``) from now on."""
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(EVENTS_PER_SUBSCRIBER)
-        self._subscribers.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
-        """Stop filling ``queue``."""
-        self._subscribers.discard(queue)
-
-    def deliver(self, event: str, body: dict[str, Any]) -> None:
-        """Hand an event to every subscriber; a full one loses its oldest event."""
-        for queue in self._subscribers:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait((event, body))
-
 
 class CameraRegistry:
-    """Every camera, online or recently offline; one per app, see ``server.app``."""
+    """Every camera, online or recently offline; one per app, see ``server.app``. In a cluster
+    (``shared``) it also answers for the cameras of the other processes."""
 
     def __init__(
         self,
@@ -198,53 +260,188 @@ class CameraRegistry:
         webhooks: Webhooks,
         metrics: Metrics,
         broadcast: Broadcast,
+        shared: SharedCameras | None = None,
     ) -> None:
         self._settings = settings.live
         self.recorder = recorder
         self._webhooks = webhooks
         self._broadcast = broadcast
+        self.shared = shared
+        self.node = settings.node
         self._cameras: dict[str, Camera] = {}
+        self._mirrors: dict[str, RemoteCamera] = {}
         self._viewers: collections.Counter[str] = collections.Counter()
+        # One event per camera name with viewers waiting, set and dropped at each change: waking
+        # every viewer of a frame costs one set(), whichever process streams the camera.
+        self._signals: dict[str, asyncio.Event] = {}
         self.streams_ended = False
         metrics.cameras_online.set_function(
             lambda: sum(camera.online for camera in self._cameras.values())
         )
 
-    def describe_all(self) -> dict[str, dict[str, Any]]:
-        """``GET /live``: every camera by name."""
+    def describe_local(self) -> dict[str, dict[str, Any]]:
+        """The cameras of this process, by name, as ``GET /live`` tells them."""
         self._purge()
         return {name: camera.describe() for name, camera in sorted(self._cameras.items())}
 
+    async def describe_all(self) -> dict[str, dict[str, Any]]:
+        """``GET /live``: every camera by name; in a cluster, those of every process alive, each
+        with its ``node`` (a camera online somewhere wins over its offline entries elsewhere)."""
+        cameras = self.describe_local()
+        if self.shared is None:
+            return cameras
+        merged = {name: {**entry, "node": self.node} for name, entry in cameras.items()}
+        try:
+            others = await self.shared.describe_others()
+        except ClusterUnavailable:
+            others = {}  # this process's own, until Redis answers again
+        for name, entry in others.items():
+            mine = merged.get(name)
+            if mine is None or (entry["online"] and not mine["online"]):
+                merged[name] = entry
+        return dict(sorted(merged.items()))
+
+    def _not_found(self, name: str) -> CameraNotFound:
+        return CameraNotFound(
+            f"no live camera {name!r}: none is connected under that name, nor was in the "
+            f"last {self._settings.keep:g} s ([live] keep)"
+        )
+
     def get(self, name: str) -> Camera:
-        """The camera called ``name``; InvalidCameraName or CameraNotFound."""
+        """The camera of this process called ``name``; InvalidCameraName or CameraNotFound."""
         check_camera_name(name)
         self._purge()
         camera = self._cameras.get(name)
         if camera is None:
-            raise CameraNotFound(
-                f"no live camera {name!r}: none is connected under that name, nor was in the "
-                f"last {self._settings.keep:g} s ([live] keep)"
-            )
+            raise self._not_found(name)
         return camera
 
     def find(self, name: str) -> Camera | None:
-        """The camera called ``name``, if it is known."""
+        """The camera of this process called ``name``, if it is known."""
         self._purge()
         return self._cameras.get(name)
 
+    def feed(self, name: str) -> CameraFeed | None:
+        """What a viewer of ``name`` shows: the camera online here, else its mirror online
+        elsewhere, else whichever of them is known."""
+        camera = self.find(name)
+        if camera is not None and camera.online:
+            return camera
+        mirror = self._mirrors.get(name)
+        if mirror is not None and mirror.online:
+            return mirror
+        return camera or mirror
+
+    async def changed(self, name: str) -> None:
+        """Until the camera ``name`` has a new frame, goes online or offline, or streams end."""
+        signal = self._signals.get(name)
+        if signal is None:
+            signal = self._signals[name] = asyncio.Event()
+        await signal.wait()
+
+    def signal(self, name: str) -> None:
+        """Wake whoever waits in :meth:`changed` for ``name``."""
+        signal = self._signals.pop(name, None)
+        if signal is not None:
+            signal.set()
+
+    async def newest_frame(self, name: str) -> LatestFrame | None:
+        """The newest frame of camera ``name`` while it is online, on any process."""
+        camera = self.find(name)
+        if camera is not None and camera.online:
+            return camera.latest
+        if self.shared is None:
+            return None
+        try:
+            return await self.shared.newest_frame(name)
+        except ClusterUnavailable:
+            return None  # shown as offline, as the placeholder says
+
+    async def newest_result(self, name: str) -> dict[str, Any]:
+        """The newest result of camera ``name``, on any process; CameraNotFound if none."""
+        check_camera_name(name)
+        camera = self.find(name)
+        if camera is not None and camera.latest_result is not None:
+            return camera.latest_result
+        known = camera is not None
+        if self.shared is not None:
+            result = await self.shared.newest_result(name)
+            if result is not None:
+                return result
+            known = known or await self.shared.owner_node(name) is not None
+        if not known:
+            raise self._not_found(name)
+        raise CameraNotFound(f"camera {name!r} has no result yet")
+
+    async def follow(self, name: str) -> CameraFeed:
+        """The camera whose events a subscriber of ``name`` gets: this process's, else in a
+        cluster the mirror of another's; CameraNotFound if no process knows it. Give it back
+        with :meth:`unfollow`."""
+        check_camera_name(name)
+        camera = self.find(name)
+        if camera is not None and (camera.online or self.shared is None):
+            return camera
+        if self.shared is not None and await self.shared.owner_node(name) is not None:
+            return await self._mirror(name)
+        if camera is None:
+            raise self._not_found(name)
+        return camera
+
+    async def unfollow(self, feed: CameraFeed) -> None:
+        """A subscriber of :meth:`follow` left."""
+        if isinstance(feed, RemoteCamera):
+            await self._unmirror(feed.name)
+
     def viewers(self, name: str) -> int:
-        """MJPEG viewers of camera ``name`` now (known to the registry or not yet)."""
+        """MJPEG viewers of camera ``name`` on this process now (known to the registry or not)."""
         return self._viewers[name]
 
-    def add_viewer(self, name: str) -> None:
-        """One more viewer of ``name``."""
+    async def add_viewer(self, name: str) -> None:
+        """One more viewer of ``name``; in a cluster its frames from other processes flow here
+        while it has viewers."""
         self._viewers[name] += 1
+        if self.shared is not None:
+            await self._mirror(name)
 
-    def remove_viewer(self, name: str) -> None:
+    async def remove_viewer(self, name: str) -> None:
         """One viewer of ``name`` fewer."""
         self._viewers[name] -= 1
         if self._viewers[name] <= 0:
             del self._viewers[name]
+        if self.shared is not None:
+            await self._unmirror(name)
+
+    async def _mirror(self, name: str) -> RemoteCamera:
+        assert self.shared is not None
+        mirror = self._mirrors.get(name)
+        if mirror is None:
+            mirror = self._mirrors[name] = RemoteCamera(name, self)
+            try:
+                await self.shared.watch_frames(name, mirror.frame_arrived)
+                node = await self.shared.owner_node(name)
+                if node is not None and node != self.node:
+                    mirror.node = node
+                    mirror.latest = await self.shared.newest_frame(name)
+            except ClusterUnavailable:
+                pass  # mirrored from the next frame or event once Redis answers
+        mirror.users += 1
+        return mirror
+
+    async def _unmirror(self, name: str) -> None:
+        mirror = self._mirrors.get(name)
+        if mirror is None:
+            return
+        mirror.users -= 1
+        if mirror.users <= 0:
+            del self._mirrors[name]
+            assert self.shared is not None
+            await self.shared.unwatch_frames(name)
+
+    def remote_event(self, name: str, node: str, event: str, body: dict[str, Any]) -> None:
+        """An event of a camera of another process (from ``server.cluster.cameras``)."""
+        mirror = self._mirrors.get(name)
+        if mirror is not None:
+            mirror.event_arrived(node, event, body)
 
     def owner(self, name: str) -> str | None:
         """The sid of the session owning camera ``name`` now, if any."""
@@ -260,8 +457,9 @@ class CameraRegistry:
                 return name
 
     async def claim(self, name: str, sid: str) -> tuple[Camera, str | None]:
-        """Camera ``name`` for the session ``sid``, and the sid of a session it was taken from
-        (which the caller ends); CameraTaken when the name is in use and takeover is off."""
+        """Camera ``name`` for the session ``sid``, and the sid of a session of this process it
+        was taken from (which the caller ends); CameraTaken when the name is in use and takeover
+        is off. In a cluster a session of another process loses it too, told through Redis."""
         check_camera_name(name)
         camera = self._cameras.get(name)
         previous = camera.sid if camera is not None else None
@@ -272,6 +470,11 @@ class CameraRegistry:
             )
         # Checked before the camera changes hands: a recording refused leaves all as it was.
         recording = await self.recorder.open(name)
+        if self.shared is not None:
+            try:
+                await self.shared.claim(name, sid)
+            except ClusterUnavailable:
+                _LOGGER.warning("camera %s: claimed on this process only (Redis is down)", name)
         if camera is None:
             camera = self._cameras.setdefault(name, Camera(name, self))
         camera.sid = sid
@@ -280,6 +483,7 @@ class CameraRegistry:
         camera.recording = recording
         if previous is not None:
             _LOGGER.info("camera %s taken over by %s from %s", name, sid, previous)
+        camera.wake_viewers()  # viewers waiting for a camera not known yet
         await self.announce(camera, "online", {"camera": name, "online": True})
         return camera, previous
 
@@ -291,13 +495,20 @@ class CameraRegistry:
         camera.since = time.time()
         camera.offline_at = time.monotonic()
         camera.wake_viewers()  # viewers switch to the placeholder
+        if self.shared is not None:
+            with contextlib.suppress(ClusterUnavailable):  # its owner key expires on its own
+                await self.shared.release(camera.name, sid)
         await self.announce(camera, "offline", {"camera": camera.name, "online": False})
 
     async def announce(self, camera: Camera, event: str, body: dict[str, Any]) -> None:
-        """Tell an event to the camera's subscribers, its Socket.IO room and the webhooks."""
+        """Tell an event to the camera's subscribers, its Socket.IO room, the webhooks and, in a
+        cluster, the other processes."""
         camera.deliver(event, body)
         kind = "result" if event == "result" else "camera"
         self._webhooks.publish(kind, {"event": kind, **body})
+        if self.shared is not None:
+            with contextlib.suppress(ClusterUnavailable):  # counted and logged by the link
+                await self.shared.announce(camera.name, event, body)
         if event == "result":
             try:
                 await self._broadcast(camera.name, body)
@@ -318,9 +529,10 @@ class CameraRegistry:
     def end_streams(self) -> None:
         """The stop: every MJPEG and event stream ends at its next turn."""
         self.streams_ended = True
-        for camera in self._cameras.values():
-            camera.wake_viewers()
-            camera.deliver("end", {})
+        for name in list(self._signals):
+            self.signal(name)
+        for feed in [*self._cameras.values(), *self._mirrors.values()]:
+            feed.deliver("end", {})
 
     def _purge(self) -> None:
         horizon = time.monotonic() - self._settings.keep

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from importlib import metadata
 
 from prometheus_client import (
@@ -21,7 +22,9 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -31,6 +34,23 @@ _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # A frame from the cache is answered in well under a millisecond; the first bucket is 1 ms.
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Labelled:
+    """A registry's metrics with constant labels added to every sample."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._registry = registry
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**self._labels, **sample.labels})
+                for sample in family.samples
+            ]
+            yield labelled
 
 
 class Metrics:
@@ -204,6 +224,28 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.cluster_redis_up = Gauge(
+            "framehub_cluster_redis_up",
+            "1 while Redis ([cluster] redis_url) answers, 0 while it does not",
+            registry=r,
+        )
+        self.cluster_errors = Counter(
+            "framehub_cluster_errors",
+            "Redis operations that failed (the cluster's features pause until Redis answers)",
+            registry=r,
+        )
+        # In a cluster every sample carries the node's name (label_node).
+        self._node_labels: dict[str, str] = {}
+
+    def label_node(self, node: str) -> None:
+        """Label every sample of :meth:`exposition` with ``node="NODE"``."""
+        self._node_labels = {"node": node}
+
+    def exposition(self) -> bytes:
+        """Every metric in Prometheus text format, as ``GET /metrics`` answers."""
+        if not self._node_labels:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, self._node_labels))
 
     def count_http_request(
         self, route: str, method: str, status: int, seconds: float | None

@@ -6,7 +6,9 @@ repository; :meth:`RepositoryStore.lookup` validates the name, re-lists the fold
 modification time moved (at most once per ``rescan_interval``) and, for a repository that is not
 on disk, starts one shared download task (:class:`server.store.downloads.ArchiveDownloader`). A
 failed download leaves nothing behind, records why and is retried on a later request after an
-exponential backoff.
+exponential backoff. In a cluster the processes share ``[repositories] dir`` and a download is
+single-flight across them (a Redis lock, ``server.cluster.locks``): the others wait for it, then
+find the repository on disk.
 
 Frame bytes are read from disk in a worker thread and kept in a :class:`FrameCache`.
 """
@@ -14,13 +16,14 @@ Frame bytes are read from disk in a worker thread and kept in a :class:`FrameCac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import aiohttp
 
@@ -32,6 +35,9 @@ from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
 from server.store.downloads import ArchiveDownloader
 from server.store.frame_cache import FrameCache, FrameKey
+
+if TYPE_CHECKING:
+    from server.cluster.locks import SharedLocks
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -112,9 +118,14 @@ class RepositoryStore:
     """The index of repositories and their downloads, owned by the app (see ``server.app``)."""
 
     def __init__(
-        self, settings: Settings, client: aiohttp.ClientSession, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        client: aiohttp.ClientSession,
+        metrics: Metrics | None = None,
+        locks: SharedLocks | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._locks = locks
         self._settings = settings.repositories
         self.root = settings.repositories_dir
         self._repositories: dict[str, Repository] = {}
@@ -306,8 +317,12 @@ class RepositoryStore:
             repo.progress = fraction
 
         try:
-            report = await self._downloader.download(repo.name, repo.path, progress)
-            frames = await asyncio.to_thread(list_frames, repo.path)
+            async with self._single_flight(repo.name):
+                # Another process of the cluster may have put it there while this one waited.
+                shared = await asyncio.to_thread(repo.path.is_dir)
+                if not shared:
+                    report = await self._downloader.download(repo.name, repo.path, progress)
+                frames = await asyncio.to_thread(list_frames, repo.path)
         except (FramehubError, OSError) as exc:
             repo.download = None
             self._metrics.repository_downloads.labels("failed").inc()
@@ -315,16 +330,25 @@ class RepositoryStore:
             self._mark_failed(repo, error)
             return
         repo.download = None
-        self._metrics.repository_downloads.labels("done").inc()
         repo.frames = frames
         self._mark_available(repo, repo.path)
         repo.failures = 0
+        if shared:
+            _LOGGER.info("repository %s: downloaded by another process", repo.name)
+            return
+        self._metrics.repository_downloads.labels("done").inc()
         _LOGGER.info(
             "repository %s: downloaded, %d images (%d non-image members skipped)",
             repo.name,
             report.images,
             report.skipped,
         )
+
+    def _single_flight(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """In a cluster, one process at a time downloads repository ``name``."""
+        if self._locks is None:
+            return contextlib.nullcontext()
+        return self._locks.hold(f"download:{name}")
 
     def _mark_failed(self, repo: Repository, error: str) -> None:
         repo.failures += 1

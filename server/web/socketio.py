@@ -143,12 +143,16 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 def socketio_server(
-    settings: Settings, address_of: Callable[[dict[str, Any]], str]
+    settings: Settings,
+    address_of: Callable[[dict[str, Any]], str],
+    client_manager: socketio.AsyncManager | None = None,
 ) -> socketio.AsyncServer:
     """python-socketio's server with framehub's CORS rule, message limit and handshake caps;
-    ``address_of`` names the client of a request's WSGI-style environ."""
+    ``address_of`` names the client of a request's WSGI-style environ; ``client_manager`` is the
+    Redis manager of a cluster."""
     origins = settings.server.cors_allowed_origins
     return SocketIOServer(
+        client_manager=client_manager,
         sessions=settings.sessions,
         address_of=address_of,
         async_mode="aiohttp",
