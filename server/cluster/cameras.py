@@ -47,6 +47,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return old
 """
 
+# KEYS: owner. ARGV: "NODE SID", lease ms. Renew this session's claim, or make it again when the
+# key is gone (Redis restarted empty, or was away past the lease); never undo another's takeover.
+_RENEW = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS: owner, frame. ARGV: "NODE SID". Delete both only while this session still owns it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -90,6 +99,7 @@ class SharedCameras:
         self._lease_ms = max(1, round(link.lease * 1000))
         self._claim = link.script(_CLAIM)
         self._release = link.script(_RELEASE)
+        self._renew = link.script(_RENEW)
         self._registry: CameraRegistry | None = None
         self._owned: dict[str, str] = {}  # camera name -> "NODE SID", renewed at each heartbeat
         self._frames: NewestWriter[LatestFrame] | None = None
@@ -188,8 +198,9 @@ class SharedCameras:
         async def write(client: Any) -> None:
             async with client.pipeline(transaction=False) as pipe:
                 for name, owner in self._owned.items():
-                    # Renewed only while still ours: a takeover elsewhere is not undone.
-                    pipe.set(self._key(name, "owner"), owner, px=self._lease_ms, xx=True)
+                    self._renew(
+                        keys=[self._key(name, "owner")], args=[owner, self._lease_ms], client=pipe
+                    )
                 pipe.set(self._link.key("cameras", self.node), snapshot, px=self._lease_ms)
                 await pipe.execute()
 
