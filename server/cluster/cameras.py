@@ -8,7 +8,7 @@ Layout under ``[cluster] prefix``:
   across processes is atomic; the node that lost the camera is told on its own channel
   ``node:NODE`` and ends that session.
 - ``camera:NAME:frame``: the newest frame (a JSON header line, then the bytes), expiring after the
-  lease, and the same published on channel ``camera:NAME:frames`` for the nodes that have viewers
+  lease unless renewed with the claim, and the same published on channel ``camera:NAME:frames`` for the nodes that have viewers
   of it. Frames go through a :class:`server.cluster.link.NewestWriter`, which keeps only the
   newest frame of each camera while Redis is busy: a fast camera costs Redis at most one write
   per round trip, and the event loop a dict assignment per frame.
@@ -47,12 +47,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return old
 """
 
-# KEYS: owner. ARGV: "NODE SID", lease ms. Renew this session's claim, or make it again when the
-# key is gone (Redis restarted empty, or was away past the lease); never undo another's takeover.
+# KEYS: owner, frame. ARGV: "NODE SID", lease ms. Renew this session's claim and its newest frame
+# (a camera that sends nothing for a while still shows its last frame everywhere), or make the
+# claim again when the key is gone (Redis restarted empty, or was away past the lease); never undo
+# another's takeover.
 _RENEW = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -198,8 +201,10 @@ class SharedCameras:
         async def write(client: Any) -> None:
             async with client.pipeline(transaction=False) as pipe:
                 for name, owner in self._owned.items():
-                    self._renew(
-                        keys=[self._key(name, "owner")], args=[owner, self._lease_ms], client=pipe
+                    await self._renew(
+                        keys=[self._key(name, "owner"), self._key(name, "frame")],
+                        args=[owner, self._lease_ms],
+                        client=pipe,
                     )
                 pipe.set(self._link.key("cameras", self.node), snapshot, px=self._lease_ms)
                 await pipe.execute()
