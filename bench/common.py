@@ -2,11 +2,12 @@
 
 A benchmark module ``bench/<name>.py`` has one function ``run(ctx: BenchContext) -> list[Row]``.
 It starts what it measures with :func:`start_framehub` or :func:`start_process` (each a context
-manager that waits, bounded, until the server answers on 127.0.0.1 and stops it on exit), loads it
-with :func:`run_wrk`, reads memory and CPU time with :func:`memory_use` and :func:`cpu_seconds`
-and returns rows; ``bench/__main__.py`` prints the rows of every module as one table. Tools from
-Debian (wrk, nginx) are found or installed with :func:`ensure_tool`. Everything talks to 127.0.0.1
-only, and every wait has a deadline.
+manager that waits, bounded, until the server answers on 127.0.0.1 and stops it on exit; Redis,
+for a cluster, with :func:`start_redis`), loads it with :func:`run_wrk`, reads memory and CPU time
+with :func:`memory_use` and :func:`cpu_seconds` and returns rows; ``bench/__main__.py`` prints the
+rows of every module as one table. Tools from Debian (wrk, nginx, redis-server) are found or
+installed with :func:`ensure_tool`. Everything talks to 127.0.0.1 only, and every wait has a
+deadline.
 """
 
 from __future__ import annotations
@@ -273,6 +274,48 @@ def start_framehub(
     argv += ["--port", str(port), "--log-level", "WARNING"]
     with start_process(argv, port, folder / "framehub.log", ready_path, cwd=ctx.root) as running:
         yield running
+
+
+@contextlib.contextmanager
+def start_redis(ctx: BenchContext, name: str = "redis") -> Iterator[Server]:
+    """Debian's ``redis-server`` on a free port of 127.0.0.1, saving nothing to disk, until the
+    block ends; waits until it answers ``PING``. Its URL is :func:`redis_url`."""
+    redis = ensure_tool("redis-server", package="redis-server")
+    folder = ctx.tmp / name
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [redis, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(folder)]
+    log = folder / "redis.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _pings(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(
+                    f"redis-server did not answer on port {port}; log {log}:\n{_tail(log)}"
+                )
+            time.sleep(0.05)
+        yield Server(process, port, log)
+    finally:
+        _stop(process)
+
+
+def redis_url(server: Server) -> str:
+    """The ``[cluster] redis_url`` of a server from :func:`start_redis`."""
+    return f"redis://{LOOPBACK}:{server.port}/0"
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def memory_use(pid: int) -> MemoryUse:

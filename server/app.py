@@ -280,7 +280,7 @@ def _cluster_node(settings: Settings, metrics: Metrics) -> ClusterNode | None:
     """This process's part of a cluster, with ``[cluster] redis_url`` set."""
     if not settings.cluster.redis_url:
         return None
-    try:  # only here: a single process never imports redis
+    try:  # only here: a single process needs neither server.cluster nor the redis package
         from server.cluster.node import ClusterNode
     except ImportError as exc:
         raise SettingsError(

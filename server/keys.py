@@ -25,7 +25,7 @@ from server.web.connections import ConnectionGuard
 from server.web.cursor_cookie import CursorCookieStorage
 from server.web.socketio import InFlight
 
-if TYPE_CHECKING:  # redis is imported only with [cluster] redis_url set
+if TYPE_CHECKING:  # server.cluster is imported only with [cluster] redis_url set
     from server.cluster.link import RedisLink
     from server.cluster.node import ClusterNode
 

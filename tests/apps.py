@@ -11,6 +11,7 @@ properties, and the asyncio tasks left running.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import time
 import types
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -407,3 +410,30 @@ class ServerProcess:
         if not self._stderr.closed:
             self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
+
+    def wait_until_ready(self) -> dict[str, Any]:
+        """Until ``GET /readyz`` answers 200 (listening, repositories loaded, and Redis reached
+        with ``[cluster] redis_url`` set); its body. Fails if the process ended, or after
+        ``PROCESS_BOUND`` seconds with the last answer."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + PROCESS_BOUND
+        last = "no answer"
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.stderr()
+            try:
+                with opener.open(f"{self.url}/readyz", timeout=1.0) as resp:
+                    ready: dict[str, Any] = json.loads(resp.read())
+                    return ready
+            except urllib.error.HTTPError as exc:
+                last = f"{exc.code} {exc.read().decode(errors='replace')}"
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise AssertionError(f"{self.url}/readyz not 200 within {PROCESS_BOUND} s: {last}")
+
+    def kill(self) -> None:
+        """SIGKILL if still running, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(PROCESS_BOUND)
+        self._stderr.close()

@@ -9,7 +9,7 @@ also importable from here, for the type hints of test modules written against th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from apps import (
     ServerProcess,
     SettingsFactory,
 )
+from cluster import NGINX, REDIS_SERVER, FramehubCluster, Nginx, RedisServer
 from common import LIVE_TIMEOUT, Images, LiveFrames, Member, decode_clip
 from fakes import ClipApi, ClipApiFactory, ReceivedClip, TarSource, free_port
 from server.app import create_app
@@ -182,3 +183,44 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait(PROCESS_BOUND)
+
+
+# A cluster: Redis, framehub processes on it, nginx in front (tests/cluster.py) ------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A running ``redis-server`` on a loopback port; ``stop()``/``start()`` keep that port."""
+    if not REDIS_SERVER.exists():
+        pytest.skip(f"{REDIS_SERVER} is missing: install the Debian package redis-server")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def framehub_cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[FramehubCluster]:
+    """``framehub_cluster.start(2, tables)``: framehub processes on ``redis_server``, each ready;
+    stopped at the end."""
+    cluster = FramehubCluster(tmp_path / "cluster", redis_server)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def nginx_proxy(tmp_path: Path) -> Iterator[Callable[[Sequence[ServerProcess]], Nginx]]:
+    """``nginx_proxy(nodes)``: nginx running ``deploy/nginx.conf`` in front of ``nodes``."""
+    if not NGINX.exists():
+        pytest.skip(f"{NGINX} is missing: install the Debian package nginx-light")
+    started: list[Nginx] = []
+
+    def start(nodes: Sequence[ServerProcess]) -> Nginx:
+        proxy = Nginx(tmp_path / f"nginx-{len(started)}", [f"127.0.0.1:{n.port}" for n in nodes])
+        started.append(proxy)
+        proxy.start()
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

@@ -438,7 +438,8 @@ async def test_sessions_coming_and_going_leave_nothing_behind(
         await asyncio.wait_for(asyncio.gather(*(visit() for _ in range(10))), TIMEOUT)
     await server.until_sessions_freed()
     registry = server.registry
-    assert (await registry.pending_count(), registry.live_count, registry.closing_count) == (0, 0, 0)
+    pending = await registry.pending_count()
+    assert (pending, registry.live_count, registry.closing_count) == (0, 0, 0)
     # An id still held in use would be refused as "already in use"; every one is simply unknown.
     reasons = await asyncio.gather(*(server.refusal(session_id) for session_id in visited))
     messages = [reason["message"] for reason in reasons]

@@ -8,12 +8,16 @@ it last.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from server.cluster.cameras import SharedCameras
 from server.cluster.ids import SharedSessionIds
 from server.cluster.jobs import SharedJobs
 from server.cluster.link import QuietRedisManager, RedisLink
 from server.cluster.locks import SharedLocks
 from server.ops.metrics import Metrics
+from server.ops.tasks import cancel_and_wait
 from server.settings import Settings
 
 
@@ -38,6 +42,15 @@ class ClusterNode:
         self.jobs.start()
 
     async def close(self) -> None:
-        """Leave: write what waits, drop the heartbeat, close the connections."""
+        """Leave: write what waits, drop the heartbeat, close the connections (the Socket.IO
+        manager's too: python-socketio starts its listener at the first connection and leaves
+        it running)."""
         await self.jobs.close()
         await self.link.close()
+        listener = getattr(self.socketio_manager, "thread", None)
+        if isinstance(listener, asyncio.Task):
+            await cancel_and_wait([listener])
+        client = getattr(self.socketio_manager, "redis", None)
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a connection Redis already dropped
+                await client.aclose()
