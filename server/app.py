@@ -72,11 +72,10 @@ from server.ops.tasks import cancel_and_wait
 from server.settings import Settings, SettingsError
 from server.store.cursors import ClientCursors
 from server.store.repositories import RepositoryStore
+from server.web.accounting import Accounting
 from server.web.auth import cors_middleware, token_middleware
 from server.web.connections import ConnectionGuard, client_address
 from server.web.cursor_cookie import CursorCookieStorage
-from server.web.http_metrics import http_metrics_middleware
-from server.web.middleware import error_middleware
 from server.web.secret_key import cookie_keys
 from server.web.socketio import InFlight, disconnect_clients, socketio_server
 
@@ -295,14 +294,12 @@ def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     guard = ConnectionGuard(settings.server, metrics)
     app = web.Application(
-        # Metrics outside the error middleware, so errors count with the status of their answer.
         middlewares=[
-            in_flight.middleware,
-            http_metrics_middleware,
-            error_middleware,
-            guard.middleware,
-            cors_middleware,
-            # Without a token every route is open: no check to pay for on each request.
+            # In-flight count, connection guard, errors to JSON and metrics, in one middleware.
+            Accounting(in_flight, guard, metrics).middleware,
+            # Without listed origins no answer gets CORS headers, and without a token every
+            # route is open: no check to pay for on each request.
+            *([cors_middleware] if settings.server.cors_allowed_origins else []),
             *([token_middleware] if settings.server.api_token else []),
         ],
         client_max_size=CLIENT_MAX_SIZE,

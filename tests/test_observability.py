@@ -25,8 +25,10 @@ from server.handlers import service
 from server.keys import metrics_key
 from server.ops.logs import LogfmtFormatter
 from server.ops.metrics import Metrics
-from server.web.http_metrics import http_metrics_middleware
-from server.web.middleware import error_middleware
+from server.settings import ServerSettings
+from server.web.accounting import Accounting
+from server.web.connections import ConnectionGuard
+from server.web.socketio import InFlight
 
 if TYPE_CHECKING:
     from apps import Framehub, SettingsFactory
@@ -174,11 +176,11 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def test_http_metrics_middleware_outside_the_error_middleware(
-    aiohttp_client: AiohttpClient,
-) -> None:
-    app = web.Application(middlewares=[http_metrics_middleware, error_middleware])
-    app[metrics_key] = Metrics()
+async def test_http_metrics_count_the_final_answer(aiohttp_client: AiohttpClient) -> None:
+    metrics = Metrics()
+    guard = ConnectionGuard(ServerSettings(), metrics)
+    app = web.Application(middlewares=[Accounting(InFlight(), guard, metrics).middleware])
+    app[metrics_key] = metrics
     app.router.add_get("/ok", _ok)
     app.router.add_get("/boom", _boom)
     app.router.add_get("/redirect", _redirect)
@@ -194,7 +196,7 @@ async def test_http_metrics_middleware_outside_the_error_middleware(
     assert (await client.request("PROPFIND", "/ok")).status == 405
 
     samples = await _scrape(client)
-    assert samples[_requests("/boom", "GET", 500)] == 1  # the error middleware's final answer
+    assert samples[_requests("/boom", "GET", 500)] == 1  # the error mapping's final answer
     assert samples[_requests("/redirect", "GET", 302)] == 1  # an HTTPException passed through
     assert samples[_requests("/stream", "GET", 200)] == 1
     assert samples[_requests("/any", "other", 200)] == 1  # methods are a closed set

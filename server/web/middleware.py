@@ -1,4 +1,5 @@
-"""The one place where errors become HTTP answers.
+"""The one place where errors become HTTP answers: :func:`error_answer`, which the accounting
+middleware (``server.web.accounting``) calls for whatever a handler raises.
 
 Domain errors (:class:`server.errors.FramehubError`) and aiohttp's own HTTP errors (unknown route,
 wrong method, body too large) all leave as ``{"error": "..."}`` JSON with the right status, so
@@ -7,12 +8,10 @@ every client, script or browser, reads the same shape.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.typedefs import Handler
 
 from server.errors import FramehubError
 
@@ -24,18 +23,17 @@ def error_response(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map domain errors and aiohttp HTTP errors to JSON answers."""
-    try:
-        return await handler(request)
-    except FramehubError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer to ``exc``, raised while answering ``request``; call it from the ``except``
+    clause. Raises ``exc`` again when it is no error to answer: an ``HTTPException`` below 400
+    (a redirect) or already JSON, a connection gone away."""
+    if isinstance(exc, FramehubError):
         if exc.status == 401:
             return error_response(exc.status, str(exc), **{"WWW-Authenticate": "Bearer"})
         return error_response(exc.status, str(exc))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
-            raise
+            raise exc
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         if exc.status == 404:
             message = f"no route for {request.method} {request.path}"
@@ -43,11 +41,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"method {request.method} not allowed for {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         return error_response(exc.status, message, **headers)
-    except HttpProcessingError as exc:  # e.g. a malformed multipart body
+    if isinstance(exc, HttpProcessingError):  # e.g. a malformed multipart body
         reason = " ".join(str(exc.message).split()) or "malformed request"
         return error_response(400, f"malformed request body: {reason}")
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        _LOGGER.exception("unexpected error answering %s %s", request.method, request.path)
-        return error_response(500, "internal error; the server log has the details")
+    if isinstance(exc, ConnectionError):
+        raise exc
+    _LOGGER.exception("unexpected error answering %s %s", request.method, request.path)
+    return error_response(500, "internal error; the server log has the details")

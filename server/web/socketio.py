@@ -1,8 +1,9 @@
 """The Socket.IO server attached to the app, the requests in flight, and how connections end.
 
-:func:`socketio_server` builds python-socketio's ``AsyncServer`` from the settings. The
-:class:`InFlight` middleware counts the HTTP requests being answered and remembers the transports
-of Socket.IO ones, so that a stop can wait for the first and close the second.
+:func:`socketio_server` builds python-socketio's ``AsyncServer`` from the settings.
+:class:`InFlight` holds the count of HTTP requests being answered and the transports of Socket.IO
+ones (kept by ``server.web.accounting``'s middleware), so that a stop can wait for the first and
+close the second.
 
 :func:`disconnect_clients` is the last step of a stop, once every session's last result is out:
 Socket.IO clients get a disconnect, then each Engine.IO socket a close packet. python-engineio's
@@ -22,8 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import socketio
-from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from server.settings import SessionSettings, Settings
 
@@ -177,23 +176,20 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Count the request while it is answered (see the class docstring)."""
-        transport = request.transport
-        tracked = transport is not None and request.path.startswith(SOCKETIO_PREFIX)
-        if tracked and transport is not None:
-            self.socketio_transports.add(transport)
+    def started(self, socketio_transport: asyncio.BaseTransport | None) -> None:
+        """A request is being answered; ``socketio_transport`` is that of a Socket.IO one."""
         self.requests += 1
         self._idle.clear()
-        try:
-            return await handler(request)
-        finally:
-            self.requests -= 1
-            if not self.requests:
-                self._idle.set()
-            if tracked and transport is not None:
-                self.socketio_transports.discard(transport)
+        if socketio_transport is not None:
+            self.socketio_transports.add(socketio_transport)
+
+    def ended(self, socketio_transport: asyncio.BaseTransport | None) -> None:
+        """The request :meth:`started` with the same transport is answered."""
+        self.requests -= 1
+        if not self.requests:
+            self._idle.set()
+        if socketio_transport is not None:
+            self.socketio_transports.discard(socketio_transport)
 
     async def wait_idle(self, deadline: float) -> None:
         """Until no request is being answered, or ``deadline`` (loop time)."""
