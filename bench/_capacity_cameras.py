@@ -14,9 +14,10 @@ acked. Then the process prints one JSON line (:meth:`Tally.report`): frames sent
 dropped (the ``dropped`` counts that results carry, see ``server.live.pipeline``), frames that
 came back inside results whose every processor answered, frames inside results with an error,
 frames never accounted for; over the window: frames sent and analysed, result latency (from the
-send of a clip's last frame to its ``result``), and the CPU seconds of the server, of this process
-and of the whole machine. Every wait has a deadline; a failure prints ``{"error": ...}`` and exits
-with status 1. The leading underscore keeps ``python -m bench`` from running it as a benchmark.
+send of a clip's last frame to its ``result``), and the CPU seconds of the server (also of its
+main process alone), of this process and of the whole machine. Every wait has a deadline; a
+failure prints ``{"error": ...}`` and exits with status 1. The leading underscore keeps
+``python -m bench`` from running it as a benchmark.
 
 The cameras share the machine's cores with the server, so they are as cheap as can be: each speaks
 the few Socket.IO packets it needs itself (:class:`Connection`: connect, a ``process`` event with
@@ -31,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -236,8 +238,8 @@ class Tally:
     """CPU seconds at the window's two ends, and the cameras."""
 
     cameras: list[Camera]
-    cpu_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    cpu_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    cpu_start: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    cpu_end: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def report(self, seconds: float) -> dict[str, Any]:
         """The JSON line this process prints."""
@@ -245,7 +247,7 @@ class Tally:
         acked = sum(c.acked for c in cameras)
         dropped = sum(c.dropped for c in cameras)
         returned = sum(c.frames_in_results + c.failed_frames for c in cameras)
-        server, own, machine = (
+        server, main, own, machine = (
             end - start for start, end in zip(self.cpu_start, self.cpu_end, strict=True)
         )
         return {
@@ -261,13 +263,17 @@ class Tally:
             "sent_in_window": sum(c.sent_in_window for c in cameras),
             "analysed_in_window": sum(c.analysed_in_window for c in cameras),
             "latencies": sorted(latency for c in cameras for latency in c.latencies),
-            "cpu": {"server": server, "cameras": own, "machine": machine},
+            "cpu": {"server": server, "main": main, "cameras": own, "machine": machine},
         }
 
 
-def cpu_now(server_pid: int) -> tuple[float, float, float]:
-    """CPU seconds of the server (with its analysis workers), of this process, of the machine."""
-    return tree_cpu_seconds(server_pid), time.process_time(), machine_cpu_seconds()
+def cpu_now(server_pid: int) -> tuple[float, float, float, float]:
+    """CPU seconds of the server (with its analysis workers), of its main process alone, of this
+    process and of the machine."""
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{server_pid}/stat").read_text().rpartition(")")[2].split()
+    main = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return tree_cpu_seconds(server_pid), main, time.process_time(), machine_cpu_seconds()
 
 
 async def run_cameras(args: argparse.Namespace, frames: list[bytes]) -> dict[str, Any]:

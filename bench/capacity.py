@@ -12,7 +12,11 @@ cameras wait until every acked frame has been accounted for. Per step the rows g
 per second analysed (frames inside results, every processor answering, that arrived in the
 window) against those sent, the frames lost (dropped, as results report, or refused, or never
 returned) against those acked, the result latency (send of a clip's last frame to its result),
-and the cores used by the server, by the cameras and by everything else on the machine.
+the cores used by the server (and by its main process alone), by the cameras and by everything
+else on the machine, the frames analysed per core the analysis workers got (they run at nice 10,
+so what they analyse is what the others leave them), and the server's resident memory after
+the step, its main process alone and with the processes below it (the analysis workers and
+their fork server, pages they share counted in each).
 
 A step is kept up when every frame came back inside a result with nothing dropped, refused or
 failed, the cameras held their pace (a server slow to ack holds a camera back) and so did the
@@ -34,8 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROJECT_ROOT, BenchContext, BenchError, Row, Server, start_framehub
-from bench.ingest import BUILT_IN_PROCESSORS, make_frames, wait_idle
+from bench.common import (
+    MB,
+    PROJECT_ROOT,
+    BenchContext,
+    BenchError,
+    Row,
+    Server,
+    memory_use,
+    start_framehub,
+)
+from bench.ingest import BUILT_IN_PROCESSORS, make_frames, tree_rss, wait_idle
 
 BENCHMARK = "capacity"
 FPS = 30.0
@@ -71,6 +84,10 @@ class Step:
     analysed_in_window: int
     latencies: list[float]
     cpu: dict[str, float]
+    # Resident memory of the server at the end of the step: its main process, and with the
+    # processes below it (the fork server and the analysis workers).
+    rss: int = 0
+    tree_rss: int = 0
 
     @property
     def lost(self) -> int:
@@ -102,8 +119,16 @@ class Step:
             and self.analysed_fps >= MIN_PACE * self.sent_fps
         )
 
+    @property
+    def analysed_per_worker_core(self) -> float:
+        """Frames per second analysed per core the analysis workers (and their fork server) used:
+        what the server analyses depends on what the other processes leave to its workers."""
+        workers = self.cores("server") - self.cores("main")
+        return self.analysed_fps / workers if workers > 0 else 0.0
+
     def cores(self, what: str) -> float:
-        """Cores used in the window: ``server``, ``cameras`` or ``other``."""
+        """Cores used in the window: ``server`` (with its analysis workers), ``main`` (its main
+        process alone), ``cameras`` or ``other``."""
         if what == "other":
             used = self.cpu["machine"] - self.cpu["server"] - self.cpu["cameras"]
             return max(0.0, used) / self.seconds
@@ -143,7 +168,7 @@ def run_step(ctx: BenchContext, server: Server, frames: Path, cameras: int) -> S
     if done.returncode != 0 or "error" in report or not report:
         reason = report.get("error") or done.stderr.strip()[-2000:]
         raise BenchError(f"{cameras} cameras failed (status {done.returncode}): {reason}")
-    return Step(**report)
+    return Step(**report, rss=memory_use(server.pid).rss, tree_rss=tree_rss(server.pid))
 
 
 def step_rows(step: Step) -> list[Row]:
@@ -176,11 +201,27 @@ def step_rows(step: Step) -> list[Row]:
         ),
         Row(
             BENCHMARK,
-            f"{prefix}: server CPU vs cameras' process CPU (other processes "
-            f"{step.cores('other'):.2f} of {os.cpu_count()})",
+            f"{prefix}: server CPU vs cameras' process CPU (server's main process "
+            f"{step.cores('main'):.2f}, other processes {step.cores('other'):.2f} of "
+            f"{os.cpu_count()})",
             step.cores("server"),
             "cores",
             reference=step.cores("cameras"),
+        ),
+        Row(
+            BENCHMARK,
+            f"{prefix}: frames/s analysed per core the analysis workers used (those left to them "
+            "by the main process, the cameras and other processes)",
+            step.analysed_per_worker_core,
+            "frames/s",
+        ),
+        Row(
+            BENCHMARK,
+            f"{prefix}: server RSS after the step, main process vs with the analysis workers and "
+            "their fork server",
+            step.rss / MB,
+            "MB",
+            reference=step.tree_rss / MB,
         ),
     ]
 

@@ -22,12 +22,13 @@ process, with one ``socketio.AsyncClient`` per connection (websocket transport, 
    result the same frames are encoded with ``encode_clip`` in this process, so both medians come
    from the same minutes. Rows: the p50 against that encode time plus 15 ms (the target), for mjpeg
    and h264.
-3. Memory: framehub's VmRSS idle (after one warm-up session), with ``SESSIONS`` connected idle
-   sessions (each sent one frame and got its clip's result, so its queue and encoder task exist and
-   its frame buffer is empty again), and after they left, once python-engineio has let go of their
-   sockets (it keeps each closed one until its ping task wakes, up to ``ping_interval`` later);
-   then the same again with another ``SESSIONS``. Rows: RSS per idle session (target under 1 MB)
-   and the growth of the level after leaving from round 1 to round 2 (target: at most
+3. Memory: framehub's VmRSS idle (after one warm-up session; also with the processes below it,
+   the analysis workers and their fork server, which that session's clip started), with
+   ``SESSIONS`` connected idle sessions (each sent one frame and got its clip's result, so its
+   queue and encoder task exist and its frame buffer is empty again), and after they left, once
+   python-engineio has let go of their sockets (it keeps each closed one until its ping task
+   wakes, up to ``ping_interval`` later); then the same again with another ``SESSIONS``. Rows:
+   RSS per idle session (target at most 110 kB, issue 11) and the growth of the level after leaving from round 1 to round 2 (target: at most
    ``MAX_RSS_DRIFT``). The quick mode does not wait for engineio.
 """
 
@@ -96,7 +97,7 @@ ENGINEIO_PING_INTERVAL = 25.0
 # Targets of issue 3; the ingest ratio of issue 11.
 MIN_INGEST_RATIO = 0.8
 LATENCY_ALLOWANCE_MS = 15.0
-MAX_SESSION_BYTES = 1 * MB
+MAX_SESSION_BYTES = 110 * KB  # issue 11: "as today"; issue 3 asked for under 1 MB
 MAX_RSS_DRIFT = 5 * MB
 # The shipped settings.toml's processors: the two built-in analyses.
 BUILT_IN_PROCESSORS: Tables = {
@@ -170,6 +171,8 @@ class MemoryLevels:
 
     linger: float
     idle: int = 0
+    # The same with the processes below framehub: the analysis workers and their fork server.
+    idle_tree: int = 0
     connected: list[int] = field(default_factory=list)
     settled: list[int] = field(default_factory=list)
 
@@ -300,14 +303,21 @@ def memory_rows(levels: MemoryLevels) -> list[Row]:
     drift = levels.settled[1] - levels.settled[0]
     after = f"{levels.linger + SETTLE:g} s after {SESSIONS} sessions left"
     return [
-        Row(BENCHMARK, "RSS idle (after one warm-up session)", levels.idle / MB, "MB"),
+        Row(
+            BENCHMARK,
+            "RSS idle (after one warm-up session), main process vs with the analysis workers and "
+            "their fork server",
+            levels.idle / MB,
+            "MB",
+            reference=levels.idle_tree / MB,
+        ),
         Row(
             BENCHMARK,
             f"RSS per idle session ({SESSIONS} connected, each sent 1 frame, buffer empty)",
             per_session / KB,
             "kB",
-            target=f"< {MAX_SESSION_BYTES / KB:g} kB",
-            passed=per_session < MAX_SESSION_BYTES,
+            target=f"<= {MAX_SESSION_BYTES / KB:g} kB",
+            passed=per_session <= MAX_SESSION_BYTES,
         ),
         Row(
             BENCHMARK,
@@ -404,12 +414,12 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` and of every process below it: framehub's
-    analysis workers are the children of its fork server, so grandchildren of framehub."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def _tree_stats(pid: int) -> list[list[str]]:
+    """The ``/proc/PID/stat`` fields, from the process state on, of process ``pid`` and of every
+    process below it: framehub's analysis workers are the children of its fork server, so
+    grandchildren of framehub."""
     children: dict[str, list[str]] = {}
-    used: dict[str, int] = {}
+    stats: dict[str, list[str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # Fields after the command name, which is in parentheses and may hold spaces.
@@ -417,13 +427,26 @@ def tree_cpu_seconds(pid: int) -> float:
         except OSError:  # the process ended meanwhile
             continue
         children.setdefault(fields[1], []).append(stat.parent.name)
-        used[stat.parent.name] = int(fields[11]) + int(fields[12])
-    total, below = 0, [str(pid)]
+        stats[stat.parent.name] = fields
+    found, below = [], [str(pid)]
     while below:
         process = below.pop()
-        total += used.get(process, 0)
+        found += [stats[process]] if process in stats else []
         below += children.get(process, [])
-    return total / ticks
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` and of every process below it."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[11]) + int(fields[12]) for fields in _tree_stats(pid)) / ticks
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and of every process below it (the fork server and the
+    analysis workers), pages they share counted in each."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(int(fields[21]) * page for fields in _tree_stats(pid))
 
 
 def wait_idle(pid: int) -> None:
@@ -564,6 +587,7 @@ async def session_rounds(server: Server, frame: bytes, linger: float) -> MemoryL
         await _leave(await open_sessions(http, server, 1, frame))
         await asyncio.sleep(linger)
         levels.idle = memory_use(server.pid).rss
+        levels.idle_tree = tree_rss(server.pid)
         for _round in range(2):
             connections = await open_sessions(http, server, SESSIONS, frame)
             levels.connected.append(memory_use(server.pid).rss)

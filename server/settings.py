@@ -301,7 +301,7 @@ class ClipSettings:
     )
     h264_crf: int = _setting(23, (lambda v: 0 <= v <= 51, "a whole number from 0 to 51"))
     encode_threads: int = _setting(1, (_positive, "a whole number above 0"))
-    analysis_threads: int = _setting(1, (_positive, "a whole number above 0"))
+    analysis_workers: int = _setting(2, (_positive, "a whole number above 0"))
     max_concurrent_requests: int = _setting(16, (_positive, "a whole number above 0"))
     max_clip_bytes: int = _setting(64 << 20, (_positive, "a number of bytes above 0"))
     timing: str = _setting(
@@ -572,7 +572,15 @@ def _checked(
 _MOVED_KEYS = {
     "live.public": 'is now the group "live" in [server] public: list it there to keep the live '
     "cameras open without the token, or leave it out to close them",
+    "clips.analysis_threads": "is now clips.analysis_workers (the built-in analyses run in worker "
+    "processes): rename it",
 }
+
+
+def _refuse_moved_key(where: str, place: str) -> None:
+    """SettingsError saying where key ``place`` (``table.key``) of an earlier release went."""
+    if place in _MOVED_KEYS:
+        raise SettingsError(f"{where}: {place} {_MOVED_KEYS[place]}")
 
 
 def build_table(cls: type, table: Any, name: str, where: str) -> Any:
@@ -582,8 +590,7 @@ def build_table(cls: type, table: Any, name: str, where: str) -> Any:
     known = _fields(cls)
     unknown = sorted(set(table) - set(known))
     for key in unknown:
-        if f"{name}.{key}" in _MOVED_KEYS:
-            raise SettingsError(f"{where}: {name}.{key} {_MOVED_KEYS[f'{name}.{key}']}")
+        _refuse_moved_key(where, f"{name}.{key}")
     if unknown:
         raise SettingsError(
             f"{where}: unknown key {name}.{unknown[0]}; allowed keys are {', '.join(sorted(known))}"
@@ -875,6 +882,7 @@ def _place_of(variable: str) -> tuple[str, ...]:
         raise SettingsError(f"{ENVIRONMENT}: {variable} must be spelt {form}")
     key = parts[-1].lower()
     known = _fields(_table_class(table))
+    _refuse_moved_key(f"{ENVIRONMENT}: {variable}", f"{table}.{key}")
     if key not in known:
         raise SettingsError(
             f"{ENVIRONMENT}: unknown variable {variable}: [{table}] has no key {key}; "

@@ -9,7 +9,9 @@ also importable from here, for the type hints of test modules written against th
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from cluster import NGINX, REDIS_SERVER, FramehubCluster, Nginx, RedisServer
 from common import LIVE_TIMEOUT, Images, LiveFrames, Member, decode_clip
 from fakes import ClipApi, ClipApiFactory, ReceivedClip, TarSource, free_port
 from server.app import create_app
+from server.live.builtins import WORKER_MODULES
 
 __all__ = [
     "LIVE_TIMEOUT",
@@ -62,6 +65,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "filterwarnings", "ignore::aiohttp.web_exceptions.NotAppKeyWarning:aiohttp_session"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def analysis_fork_server() -> None:
+    """multiprocessing's fork server, started once for the whole run as the first app would.
+
+    It belongs to the process, not to an app: in a server it starts with the first analysis (or
+    the first session, see BuiltinAnalyses.warm_up) and every later app forks its workers from it
+    in milliseconds. Tests run many apps in this one process; started here, no test's timing
+    depends on whether an earlier test happened to start it (0.5 to 1 s). The lazy start itself
+    is tested on a real server process in test_builtins.py.
+    """
+    multiprocessing.get_context("forkserver").set_forkserver_preload(WORKER_MODULES)
+    forkserver.ensure_running()
 
 
 @pytest.fixture

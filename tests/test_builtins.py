@@ -1,6 +1,7 @@
 """The built-in processors, called in-process: the same answers as ``POST /analyze/*``, no use of
 the server's own port, batch videos on disk analysed by them too, and a worker process that dies
-costing only its own analysis.
+costing only its own analysis; the workers start with the first analysis, not with the server,
+and end with it.
 
 framehub comes from ``create_app`` on a loopback port, fed by a python-socketio client. A real
 analysis API beside the built-ins receives the very clip the built-ins analysed, so the test can
@@ -9,16 +10,22 @@ send that clip to the HTTP routes and compare.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import av
 import pytest
 
+from apps import PROCESS_BOUND
+from common import Images
 from server.keys import builtin_analyses_key
 from server.live.builtins import WORKER_NICENESS
+from server.media.clips import encode_clip
 
 if TYPE_CHECKING:
     from conftest import ClipApiFactory, LiveFrames, LiveServer, LiveServerFactory
@@ -155,3 +162,59 @@ async def test_a_worker_that_dies_fails_its_analysis_and_is_replaced(
     results = await client.until_results(2)
     assert results[1]["result"]["summary"]["frames"] == 2
     assert results[1]["result"]["motion"]["frames"] == 2
+
+
+def live_processes() -> dict[int, int]:
+    """``{pid: parent pid}`` of the processes alive; zombies waiting to be reaped do not count."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Fields after the command name, which is in parentheses and may hold spaces.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    return parents
+
+
+def processes_below(pid: int) -> set[int]:
+    """The processes ``pid`` started, and those they started in turn (the fork server's workers)."""
+    parents = live_processes()
+    below, parents_left = set(), [pid]
+    while parents_left:
+        parent = parents_left.pop()
+        children = [child for child, of in parents.items() if of == parent]
+        below.update(children)
+        parents_left += children
+    return below
+
+
+def still_alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` alive after ``PROCESS_BOUND`` seconds, or as soon as none is."""
+    deadline = time.monotonic() + PROCESS_BOUND
+    while (alive := pids & live_processes().keys()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+async def test_workers_start_with_the_first_analysis_and_end_with_the_server(
+    start_server: Any,
+) -> None:
+    server = start_server({"processors.summary": {"builtin": "summary"}})
+    await asyncio.to_thread(server.wait_ready)
+    # Before its first clip a server spends nothing on the fork server (PyAV, ~21 MB) or workers.
+    assert processes_below(server.process.pid) == set()
+    frames = [Images.encode(index, size=(64, 48)) for index in range(3)]
+    form = aiohttp.FormData()
+    form.add_field("file", encode_clip(frames, 10, "mjpeg").data, filename="clip.mp4")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.url}/analyze/summary", data=form) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["frames"] == 3
+    started = processes_below(server.process.pid)
+    assert started  # the fork server and a worker forked from it
+    assert await asyncio.to_thread(server.stop) == 0
+    assert not await asyncio.to_thread(still_alive, started), "processes outlived the server"

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 PROCESSORS = {"summary": {"builtin": "summary", "timeout": 5.0}}
 TOKEN = "client-t0ken"
-# Long enough for the last partial clip (flushed after clips.max_wait, 0.3 s) to be analysed.
-SETTLE = 0.8
+# Long enough for the last partial clip (flushed after clips.max_wait, 0.3 s) to be analysed, and
+# for a new app's first clip, which waits for its analysis workers to start (up to about 1 s).
+SETTLE = 2.0
 FRAME_NAMES = [f"frame-{number}.jpg" for number in range(1, 11)]
 
 

@@ -231,6 +231,12 @@ def test_without_an_environment_only_the_file_counts(tmp_path: Path) -> None:
             id="unknown-key",
         ),
         pytest.param(
+            {"FRAMEHUB_CLIPS_ANALYSIS_THREADS": "2"},
+            "environment: FRAMEHUB_CLIPS_ANALYSIS_THREADS: clips.analysis_threads is now "
+            "clips.analysis_workers (the built-in analyses run in worker processes): rename it",
+            id="moved-key",
+        ),
+        pytest.param(
             {"FRAMEHUB_PROCESSORS_GOAL_TRY_URL": "http://x"},
             "environment: FRAMEHUB_PROCESSORS_GOAL_TRY_URL must be spelt "
             "FRAMEHUB_PROCESSORS__NAME__KEY, with double underscores",
@@ -652,7 +658,8 @@ async def run_client(
         "--fps",
         "0",
         "--settle",
-        "0.8",
+        # The app's first clip waits for its analysis workers to start (up to about 1 s).
+        "2",
         *args,
         cwd=ROOT,
         env=clean_environment(**variables),

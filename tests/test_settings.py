@@ -133,6 +133,11 @@ def test_settings_are_frozen(make_settings: SettingsFactory) -> None:
             "camera.mjpeg_fps",
             id="fps-over-max",
         ),
+        pytest.param(
+            "[clips]\nanalysis_threads = 2\n",
+            "clips.analysis_threads is now clips.analysis_workers",
+            id="moved-key",
+        ),
         pytest.param("[server\nport = 1\n", "not valid TOML", id="invalid-toml"),
     ],
 )

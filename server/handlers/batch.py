@@ -69,6 +69,7 @@ async def _accept(request: web.Request) -> tuple[Job, bool]:
     metrics = request.app[metrics_key]
     try:
         processes, wait = _check_request(request)
+        request.app[processor_pool_key].warm_up()  # while the video comes in
         upload = await _receive(request)
         metrics.batch_upload_bytes.inc(upload.size)
         try:

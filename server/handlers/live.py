@@ -111,6 +111,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             )
         except FramehubError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        self._app[processor_pool_key].warm_up()  # before the session's first clip
         _LOGGER.info(
             "session %s… connected as %s, camera %s",
             session.session_id[:8],

@@ -115,10 +115,13 @@ class ClipPipeline:
         self.processors = processors
         self.metrics = metrics
         # Enough clips to keep every request slot of the analysis APIs busy, and the built-in
-        # analyses' workers with a clip ready behind the one they decode; more would only wait,
-        # holding their frames and bytes, while the newest frames are dropped at ingest anyway.
+        # analyses' workers (when there are built-ins) with a clip ready behind the one they
+        # decode; more would only wait, holding their frames and bytes, while the newest frames
+        # are dropped at ingest anyway.
+        builtins = any(processor.builtin for processor in settings.processors.values())
         self.max_clips_in_flight = max(
-            settings.clips.max_concurrent_requests, 2 * settings.clips.analysis_threads
+            settings.clips.max_concurrent_requests,
+            2 * settings.clips.analysis_workers if builtins else 0,
         )
         self._admission = asyncio.Semaphore(self.max_clips_in_flight)
 

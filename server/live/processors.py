@@ -89,6 +89,12 @@ class ProcessorPool:
         began."""
         self.processors = dict(settings.processors)
 
+    def warm_up(self) -> None:
+        """Work is coming (a live session, a batch job): start the built-ins' workers if any
+        processor is built in."""
+        if any(processor.builtin for processor in self.processors.values()):
+            self._builtins.warm_up()
+
     def select(self, names: Iterable[str] | None) -> list[str]:
         """The processors to use: all, or the ``names`` asked for (each must exist)."""
         if names is None:
