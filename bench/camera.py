@@ -296,15 +296,18 @@ def median_frame(frames: list[Path]) -> Path:
 
 
 def load_in_turns(
-    ctx: BenchContext, servers: Mapping[str, Server], script: Path
+    ctx: BenchContext,
+    servers: Mapping[str, Server],
+    script: Path,
+    connections: int = CONNECTIONS,
 ) -> dict[str, Load]:
     """Warm each server up, then load them in turns, ``ROUNDS`` windows each, with the
-    cookie-keeping script; errors stop the benchmark."""
+    cookie-keeping script over ``connections``; errors stop the benchmark."""
     for server in servers.values():
         run_wrk(
             server.url(PATH),
             duration=WARM_UP,
-            connections=CONNECTIONS,
+            connections=connections,
             threads=THREADS,
             script=script,
         )
@@ -317,7 +320,7 @@ def load_in_turns(
             result = run_wrk(
                 server.url(PATH),
                 duration=window,
-                connections=CONNECTIONS,
+                connections=connections,
                 threads=THREADS,
                 script=script,
             )

@@ -13,7 +13,7 @@ per second analysed (frames inside results, every processor answering, that arri
 window) against those sent, the frames lost (dropped, as results report, or refused, or never
 returned) against those acked, the result latency (send of a clip's last frame to its result),
 the cores used by the server (and by its main process alone), by the cameras and by everything
-else on the machine, the frames analysed per core the analysis workers got (they run at nice 10,
+else on the machine, the frames analysed per core the analysis workers got (they run at nice 5,
 so what they analyse is what the others leave them), and the server's resident memory after
 the step, its main process alone and with the processes below it (the analysis workers and
 their fork server, pages they share counted in each).

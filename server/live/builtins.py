@@ -47,8 +47,10 @@ from server.settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 # Nice value of the analysis workers: below the event loop, which then wins a contended core, yet
-# not the lowest, so that analyses still get a share of a box busy with other work.
-WORKER_NICENESS = 10
+# not so low that ingest past capacity takes the workers' share. bench/capacity.py on 2 cores: at
+# nice 10 (a CFS weight of 110 against the loop's 1,024) 96 cameras analysed 0.84x what 48 did; at
+# nice 5 (weight 335) 0.98x, and 48 still kept up.
+WORKER_NICENESS = 5
 # What the fork server loads for the workers it forks. server.cli too: a worker first runs the
 # server's main module again (multiprocessing's spawn.prepare, as __mp_main__), and main.py and
 # the framehub script import server.cli, the whole server. Loaded once here, that cost each worker
