@@ -223,20 +223,17 @@ class SharedCameras:
 
     # ---- any node ---------------------------------------------------------------------------
 
-    async def describe_others(self) -> dict[str, dict[str, Any]]:
-        """The ``GET /live`` entries of every other node alive, each with its ``node``."""
+    async def describe_others(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The ``GET /live`` entries of every other node alive, by node."""
         nodes = [node for node in await self._link.alive_nodes() if node != self.node]
         if not nodes:
             return {}
         keys = [self._link.key("cameras", node) for node in nodes]
         snapshots = await self._link.run(lambda client: client.mget(keys))
-        cameras: dict[str, dict[str, Any]] = {}
-        for node, snapshot in zip(nodes, snapshots, strict=True):
-            for name, entry in json.loads(snapshot or b"{}").items():
-                known = cameras.get(name)
-                if known is None or (entry["online"] and not known["online"]):
-                    cameras[name] = {**entry, "node": node}
-        return cameras
+        return {
+            node: json.loads(snapshot or b"{}")
+            for node, snapshot in zip(nodes, snapshots, strict=True)
+        }
 
     async def owner_node(self, name: str) -> str | None:
         """The node whose session owns camera ``name`` now, if any."""

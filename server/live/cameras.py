@@ -290,15 +290,17 @@ class CameraRegistry:
         cameras = self.describe_local()
         if self.shared is None:
             return cameras
-        merged = {name: {**entry, "node": self.node} for name, entry in cameras.items()}
         try:
             others = await self.shared.describe_others()
         except ClusterUnavailable:
             others = {}  # this process's own, until Redis answers again
-        for name, entry in others.items():
-            mine = merged.get(name)
-            if mine is None or (entry["online"] and not mine["online"]):
-                merged[name] = entry
+        merged: dict[str, dict[str, Any]] = {}
+        # This process first: of two entries online, its own wins.
+        for node, entries in {self.node: cameras, **others}.items():
+            for name, entry in entries.items():
+                known = merged.get(name)
+                if known is None or (entry["online"] and not known["online"]):
+                    merged[name] = {**entry, "node": node}
         return dict(sorted(merged.items()))
 
     def _not_found(self, name: str) -> CameraNotFound:

@@ -218,13 +218,11 @@ class SessionRegistry:
             claimed, taken_from = await self.cameras.claim(
                 camera or self.cameras.generate_name(), sid
             )
-        except Exception:
+        except BaseException as exc:
             self._ids_in_use.discard(session_id)
-            if pending is not None:  # a camera refused keeps the id, for a connect under another
+            # A camera refused keeps the id, for a connect under another name (not a cancel).
+            if pending is not None and isinstance(exc, Exception):
                 await self._ids.restore(session_id, pending)
-            raise
-        except BaseException:
-            self._ids_in_use.discard(session_id)
             raise
         if self._stopping:  # stopped while the camera was claimed: release it again
             self._ids_in_use.discard(session_id)
