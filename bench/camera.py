@@ -23,8 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -122,18 +123,25 @@ http {{
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """One server under wrk: its rounds summed, and the CPU time the server spent meanwhile."""
+    """One server under wrk: its rounds summed, and the CPU time the server spent meanwhile (for a
+    proxy, also the processes behind it), and wrk's own."""
 
     requests_per_second: float
     requests: int
     # The median over the rounds of each round's p99.
     p99_ms: float
     cpu_seconds: float
+    behind_cpu_seconds: float = 0.0
+    wrk_cpu_seconds: float = 0.0
 
     @property
     def cpu_per_request_us(self) -> float:
         """Server CPU time per answered request, in microseconds."""
-        return self.cpu_seconds / max(self.requests, 1) * 1e6
+        return self.per_request_us(self.cpu_seconds)
+
+    def per_request_us(self, cpu_seconds: float) -> float:
+        """``cpu_seconds`` (one of this load's CPU times) per answered request, in microseconds."""
+        return cpu_seconds / max(self.requests, 1) * 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +308,12 @@ def load_in_turns(
     servers: Mapping[str, Server],
     script: Path,
     connections: int = CONNECTIONS,
+    behind: Mapping[str, Sequence[Server]] | None = None,
 ) -> dict[str, Load]:
     """Warm each server up, then load them in turns, ``ROUNDS`` windows each, with the
-    cookie-keeping script over ``connections``; errors stop the benchmark."""
+    cookie-keeping script over ``connections``; errors stop the benchmark. ``behind`` names, per
+    server, the processes a proxy passes the requests to, whose CPU time is counted apart."""
+    behind = behind or {}
     for server in servers.values():
         run_wrk(
             server.url(PATH),
@@ -313,10 +324,10 @@ def load_in_turns(
         )
     window = max(1, round(ctx.duration / ROUNDS))
     rounds: dict[str, list[WrkResult]] = {name: [] for name in servers}
-    cpu = dict.fromkeys(servers, 0.0)
+    cpu = {name: CpuSplit() for name in servers}
     for _round in range(ROUNDS):
         for name, server in servers.items():
-            cpu_before = cpu_seconds(server.pid)
+            before = CpuSplit.take(server, behind.get(name, ()))
             result = run_wrk(
                 server.url(PATH),
                 duration=window,
@@ -324,7 +335,7 @@ def load_in_turns(
                 threads=THREADS,
                 script=script,
             )
-            cpu[name] += cpu_seconds(server.pid) - cpu_before
+            cpu[name] += CpuSplit.take(server, behind.get(name, ())) - before
             if result.errors:
                 raise BenchError(
                     f"{name}: {result.non_2xx} non-2xx answers and {result.socket_errors} "
@@ -336,10 +347,42 @@ def load_in_turns(
             requests_per_second=statistics.fmean(r.requests_per_second for r in results),
             requests=sum(r.requests for r in results),
             p99_ms=statistics.median(r.latency_ms[99] for r in results),
-            cpu_seconds=cpu[name],
+            cpu_seconds=cpu[name].server,
+            behind_cpu_seconds=cpu[name].behind,
+            wrk_cpu_seconds=cpu[name].wrk,
         )
         for name, results in rounds.items()
     }
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSplit:
+    """CPU seconds of a loaded server (with its live children: nginx's workers), of the processes
+    behind it, and of the wrk runs this process has waited for."""
+
+    server: float = 0.0
+    behind: float = 0.0
+    wrk: float = 0.0
+
+    @classmethod
+    def take(cls, server: Server, behind: Sequence[Server]) -> CpuSplit:
+        """The counters now."""
+        ended = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has ended
+        return cls(
+            cpu_seconds(server.pid),
+            sum(cpu_seconds(process.pid) for process in behind),
+            ended.ru_utime + ended.ru_stime,
+        )
+
+    def __add__(self, other: CpuSplit) -> CpuSplit:
+        return CpuSplit(
+            self.server + other.server, self.behind + other.behind, self.wrk + other.wrk
+        )
+
+    def __sub__(self, other: CpuSplit) -> CpuSplit:
+        return CpuSplit(
+            self.server - other.server, self.behind - other.behind, self.wrk - other.wrk
+        )
 
 
 def warm_up_and_load(ctx: BenchContext, server: Server, script: Path, name: str) -> Load:

@@ -18,7 +18,12 @@ take. Only one configuration is loaded at a time; the other is idle.
    (1 thread, 64 connections: see VIDEO_CONNECTIONS; the Lua script keeping the cursor cookie), through each nginx, in
    turns (bench/camera.py's ``load_in_turns``). Rows: requests/s of two processes against one
    (target at least 1.3x), p99 latency, and whether the cookie carried the cursor frame after
-   frame while the requests alternated between the two processes.
+   frame while the requests alternated between the two processes. Then where a request's CPU
+   went, in each configuration: the framehub processes, nginx's workers and wrk, per answered
+   request; and the ceiling those costs put on the pair: the lone process keeps its one core busy,
+   so its rate is framehub's own limit, while the pair shares every core with nginx and wrk, so it
+   answers at most (cores / the three costs together) requests per second, even at the lone
+   process's cost per request.
 2. Ingest: bench/ingest.py's throughput load (8 websocket clients x 4 ``process`` calls in flight,
    ids from ``GET /get_session_id``, the built-in processors) through each nginx, in turns, each
    turn after every framehub process is idle. Row: acked frames/s of two processes against one.
@@ -36,9 +41,10 @@ import contextlib
 import os
 import re
 import resource
+import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -156,6 +162,9 @@ class CrossLatency:
 
 def run(ctx: BenchContext) -> list[Row]:
     """video.jpg and ingest through nginx, two processes against one; cross-process latest.jpg."""
+    # framehub[cluster] needs redis-py, which make bench's runtime-only venv (--server-python)
+    # lacks; the harness's own venv, with the test extras, has it.
+    ctx = replace(ctx, python=Path(sys.executable))
     repositories = ctx.tmp / "repositories"
     write_repository(repositories / REPOSITORY)
     script = ctx.tmp / "cookie.lua"
@@ -175,7 +184,11 @@ def run(ctx: BenchContext) -> list[Row]:
         in_order = frames_in_order(pair.nginx.url(PATH))
         before_video = CpuSample.take(ours)
         video = load_in_turns(
-            ctx, {"single": single.nginx, "pair": pair.nginx}, script, VIDEO_CONNECTIONS
+            ctx,
+            {"single": single.nginx, "pair": pair.nginx},
+            script,
+            VIDEO_CONNECTIONS,
+            behind={"single": single.nodes, "pair": pair.nodes},
         )
         before_ingest = CpuSample.take(ours)
         ingest = asyncio.run(ingest_in_turns(ctx, [single, pair], frames))
@@ -186,6 +199,7 @@ def run(ctx: BenchContext) -> list[Row]:
         )
     return [
         *video_rows(video["pair"], video["single"], in_order),
+        *video_cpu_rows(video["pair"], video["single"], len(cores)),
         others_row("video.jpg", before_ingest.others_cores_since(before_video)),
         ingest_row(ingest["pair"], ingest["single"]),
         others_row("ingest", after_ingest.others_cores_since(before_ingest)),
@@ -308,6 +322,47 @@ def video_rows(pair: Load, single: Load, in_order: int) -> list[Row]:
             passed=in_order == CURSOR_CHECKS,
         ),
     ]
+
+
+def video_cpu_rows(pair: Load, single: Load, cores: int) -> list[Row]:
+    """Where the CPU of a request goes, two processes against one, and the most two processes
+    could answer on ``cores`` cores at the lone process's cost per request."""
+    parts = {
+        "framehub processes": (pair.behind_cpu_seconds, single.behind_cpu_seconds),
+        "nginx": (pair.cpu_seconds, single.cpu_seconds),
+        "wrk": (pair.wrk_cpu_seconds, single.wrk_cpu_seconds),
+    }
+    rows = []
+    for part, (pair_seconds, single_seconds) in parts.items():
+        pair_us, single_us = (
+            pair.per_request_us(pair_seconds),
+            single.per_request_us(single_seconds),
+        )
+        rows.append(
+            Row(
+                BENCHMARK,
+                f"video.jpg CPU per request, {part}, 2 processes vs 1",
+                pair_us,
+                "us",
+                reference=single_us,
+                ratio=pair_us / single_us,
+            )
+        )
+    # The lone process keeps its core busy, so its rate is what framehub alone allows; the pair
+    # shares every core with nginx and wrk, so at best it answers cores / (all three per request).
+    per_request = single.cpu_seconds + single.behind_cpu_seconds + single.wrk_cpu_seconds
+    ceiling = cores * single.requests / per_request
+    rows.append(
+        Row(
+            BENCHMARK,
+            f"video.jpg ceiling of 2 processes: {cores} cores busy at the lone one's CPU/request",
+            ceiling,
+            "req/s",
+            reference=single.requests_per_second,
+            ratio=ceiling / single.requests_per_second,
+        )
+    )
+    return rows
 
 
 # --- ingest -------------------------------------------------------------------------------------
