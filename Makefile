@@ -42,8 +42,20 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python -m bench
+# The benchmarks run framehub and their reference servers on the runtime dependencies alone, as a
+# single-box deployment has them: in .venv, the test extras make every framehub process import
+# redis (python-socketio's managers try it) and requests (python-engineio's client, through
+# schemathesis), about 10 MB more. The harness itself, wrk's driver, stays in .venv.
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml $(UI_INSTALLED)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e .
+	touch $@
+
+bench: $(VENV)/.installed-test $(BENCH_VENV)/.installed
+	$(BIN)/python -m bench --server-python $(BENCH_VENV)/bin/python
 
 # Fuzzing, not part of `make test`: FUZZ_SECONDS per target, every target unless FUZZ_TARGETS
 # names some (frames archives settings cookies multipart probe).
@@ -60,4 +72,4 @@ fuzz: $(VENV)/.installed-fuzz
 	$(BIN)/python -m fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) $(UI)/node_modules state .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(UI)/node_modules state .mypy_cache .ruff_cache .pytest_cache

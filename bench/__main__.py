@@ -60,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="run framehub's main.py from this checkout (e.g. a git worktree) instead of this one",
     )
+    parser.add_argument(
+        "--server-python",
+        type=Path,
+        default=Path(sys.executable),
+        metavar="PYTHON",
+        help="run framehub and the reference servers on this interpreter (make bench: a venv with "
+        "the runtime dependencies only) instead of this one",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in available]
     if unknown:
@@ -78,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.names or available:
             print(f"bench: running {name}", file=sys.stderr, flush=True)
             ctx = BenchContext(
-                tmp=Path(tmp) / name, quick=args.quick, root=args.server_root.resolve()
+                tmp=Path(tmp) / name,
+                quick=args.quick,
+                python=args.server_python.absolute(),  # not resolved: a venv's python is a link
+                root=args.server_root.resolve(),
             )
             ctx.tmp.mkdir()
             try:
