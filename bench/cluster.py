@@ -350,8 +350,8 @@ def video_cpu_rows(pair: Load, single: Load, cores: int) -> list[Row]:
         )
     # The lone process keeps its core busy, so its rate is what framehub alone allows; the pair
     # shares every core with nginx and wrk, so at best it answers cores / (all three per request).
-    per_request = single.cpu_seconds + single.behind_cpu_seconds + single.wrk_cpu_seconds
-    ceiling = cores * single.requests / per_request
+    cpu_seconds = single.cpu_seconds + single.behind_cpu_seconds + single.wrk_cpu_seconds
+    ceiling = cores * single.requests / cpu_seconds
     rows.append(
         Row(
             BENCHMARK,
